@@ -1,0 +1,69 @@
+"""The hardware abstraction layer contract.
+
+The controller reaches hardware only through a ``Hal``. Two implementations
+exist: ``esp32_hal`` (machine.I2C / PWM / Pin / WDT on the board) and
+``hal_sim`` (a simulated table on a PC). Both honour the contract below, which
+the tests exercise through the simulator.
+
+Units: angles in millidegrees (mdeg), angular rates in mdeg/s, accelerations
+in milli-g (mg), times in milliseconds. Only small integers cross the contract
+so that a control tick allocates nothing on the heap.
+
+clock
+    ``ticks_ms()`` -> int in [0, 2**30): a wrapping millisecond counter. Compare
+    ticks only through ``compat.ticks_diff``.
+
+imu
+    ``read(out)`` fills the preallocated list ``out[0:6]`` with
+    ``ax, ay, az`` (mg, specific force in the sensor frame) and
+    ``gx, gy, gz`` (mdeg/s, right-handed rotation about each sensor axis).
+    Raises ``OSError`` when the sensor cannot be read. The board file says
+    which axes measure the table's tilt (``fusion.Mounting``).
+
+actuator
+    ``drive(permille)``: signed command in [-1000, 1000]. Positive tilts the
+    head down (towards inversion), negative towards home. 0 brakes.
+    ``off()``: removes power from the bridge (drive disabled until the next
+    ``drive``). ``overloaded()`` -> bool: the driver reports over-current.
+
+go, stop
+    ``pressed()`` -> bool, the raw, undebounced level. The STOP contact is
+    normally closed: an open circuit, a cut wire or an unplugged button reads
+    as pressed. Debouncing is the firmware's job (``switches``).
+
+home
+    ``closed()`` -> bool: the home (upright) limit switch, raw level.
+
+indicator
+    ``set(beep, led)``: the beeper and the status LED, each on or off.
+
+fs
+    Flash storage, one flat namespace of small files.
+    ``read_bytes(name)`` -> bytes, or None if the file does not exist;
+    ``write_bytes(name, data)`` (may be torn by a power cut);
+    ``rename(old, new)`` (atomic, replaces ``new``); ``remove(name)``
+    (no error if missing).
+
+wdt
+    ``feed()``: the hardware watchdog; fed only by a healthy loop.
+
+link (optional)
+    The serial line: ``read_byte()`` -> int 0..255, or -1 when nothing is
+    waiting (never blocks); ``write(data)`` queues bytes for the host.
+"""
+
+
+class Hal:
+    """The bundle of hardware objects handed to the controller."""
+
+    def __init__(self, clock, imu, actuator, go, stop, home, indicator, fs, wdt, link=None):
+        self.clock = clock
+        self.imu = imu
+        self.actuator = actuator
+        self.go = go
+        self.stop = stop
+        self.home = home
+        self.indicator = indicator
+        self.fs = fs
+        self.wdt = wdt
+        self.link = link

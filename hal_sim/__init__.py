@@ -1,0 +1,1 @@
+"""Simulated hardware: the same firmware runs on a PC against these models."""
