@@ -26,6 +26,7 @@ BOARD = {
     "max_speed_mdeg_s": 10000,  # hard speed cap (source documents: <= 10 deg/s)
     "max_accel_mdeg_s2": 10000,  # STOP from 10 deg/s to rest in 1 s
     "actuator_speed_mdeg_s": 12000,  # table speed at full drive, no load
+    "actuator_lag_ms": 100,  # time constant of the actuator's response to drive
     "recovery_speed_mdeg_s": 2000,  # slow return when the angle is not trusted
     "imu": {
         "type": "mpu6050",
@@ -37,7 +38,7 @@ BOARD = {
         # Which sensor axis (sign + axis) points where on the table:
         "along": "+x",  # along the bed, towards the head end
         "normal": "+z",  # out of the bed surface
-        "gyro": "-y",  # rotation axis; sign so that positive = head going down
+        "gyro": "+y",  # rotation axis (right-handed: +y when x=head, z=up); + = head down
         "offset_mdeg": 0,  # mounting offset, measured at install (see README)
     },
     "actuator": {

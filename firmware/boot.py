@@ -1,0 +1,13 @@
+# boot.py: runs first at every start, before main.py.
+#
+# Keep it minimal: nothing here may touch the motor pins, start the watchdog
+# or fail in a way that stops main.py (which builds the HAL with the drive off
+# and reports start-up errors). At reset every GPIO is a floating input; the
+# drive board's pull-downs keep the bridge off until main.py takes the pins.
+try:
+    import esp
+
+    # No vendor (ESP-IDF) debug prints mixed into the JSON lines on the REPL port.
+    esp.osdebug(None)
+except Exception:  # not an ESP32 port (e.g. the simulator)
+    pass

@@ -1,0 +1,636 @@
+"""The control core: one explicit ``step`` per tick, inputs in, drive out.
+
+States (these exact names appear in traces and status):
+  BOOT    settling the angle estimate after power-up; no motion.
+  HOME    idle at upright. The only state a session starts from.
+  WARN    GO was pressed: the beeper warns before the first motion.
+  RAMP    moving towards the session's target angle.
+  HOLD    holding the target angle for the set's hold time.
+  RETURN  ramped return to home (end of a set, STOP, time limit, or recovery
+          after a reset); braking first, never back towards inversion.
+  PAUSE   resting near horizontal on the way home (the exit pause).
+  REST    at home between sets; the next set needs a new GO press.
+  FAULT   a fault is latched: the table goes home if it safely can, then the
+          drive is off. Only a reboot clears it.
+
+Safety rules enforced here, whatever the inputs do:
+  * motion away from home starts only from HOME (or REST) on a GO press;
+  * STOP (level, not edge, so a cut wire counts) always leads home;
+  * once a return has begun the drive never increases while positive and
+    never becomes positive again, so the table cannot re-invert;
+  * the return starts early enough to be back at 0 deg inside the user's
+    inverted-time budget;
+  * the reference trajectory never exceeds the speed or acceleration limits
+    nor the smaller of the user's and the board's maximum angle.
+"""
+
+from .compat import const, ticks_diff
+from .fusion import AngleEstimator, Mounting
+from .motion import Profile, braking_distance_mdeg
+from .program import Session
+from .switches import Debounced, GoButton
+
+BOOT = "BOOT"
+HOME = "HOME"
+WARN = "WARN"
+RAMP = "RAMP"
+HOLD = "HOLD"
+RETURN = "RETURN"
+PAUSE = "PAUSE"
+REST = "REST"
+FAULT = "FAULT"
+
+# Why a session ended (session log "end" values).
+END_COMPLETED = "completed"
+END_STOPPED = "stopped"
+END_LIMIT = "limit"
+END_FAULT = "fault"
+
+# Fault codes: stable strings, reported in status, traces and the log.
+F_IMU_LOST = "imu_lost"  # the IMU cannot be read
+F_IMU_STUCK = "imu_stuck"  # the IMU repeats the exact same sample
+F_IMU_IMPLAUSIBLE = "imu_implausible"  # readings disagree with physics
+F_STALL = "stall"  # driven but not moving
+F_OVERLOAD = "overload"  # the driver reports over-current
+F_HOME_STUCK_CLOSED = "home_switch_stuck_closed"  # closed far from home
+F_HOME_OPEN = "home_switch_open"  # never closed at home
+F_HOME_NOT_REACHED = "home_not_reached"  # blind return timed out
+F_CRASH = "crash"  # an exception in the control loop
+F_WATCHDOG = "watchdog"  # the loop hung and the watchdog reset the board
+
+WARN_MS = const(2000)  # audible warning between GO and the first motion
+BOOT_SETTLE_MS = const(600)  # estimator settling after power-up
+EXIT_PAUSE_ANGLE_MDEG = const(-5000)  # "near horizontal", head slightly up
+NEAR_HOME_MDEG = const(4000)  # the estimate agrees with the home switch within this
+HOME_SWITCH_FAR_MDEG = const(15000)  # switch closed this far above home = switch fault
+CREEP_SPEED_MDEG_S = const(1000)  # final approach into the home switch
+HOME_SEEK_MS = const(6000)  # how long to creep for the switch before a fault
+REST_READY_TIMEOUT_MS = const(300000)  # rest over, no GO within 5 min: session ends
+IMU_ERROR_TICKS = const(3)  # consecutive failed reads = angle lost
+IMU_STUCK_TICKS = const(10)  # identical samples in a row = stuck (real noise never repeats)
+IMU_REJECT_TICKS = const(10)  # implausible samples in a row = angle untrusted
+STALL_WINDOW_MS = const(1000)
+STALL_MIN_EXPECTED_UDEG = const(1500000)  # judge motion only if >= 1.5 deg was commanded
+OVERLOAD_TICKS = const(2)
+RETRY_PAUSE_MS = const(1000)  # drive off before the single slow retry
+RETRY_CHECK_MS = const(2500)  # the retry must show motion within this
+# Feedback: permille of drive per mdeg of tracking error (1 deg error ->
+# about 2 deg/s of correction on a 12 deg/s actuator).
+_KP_NUM = const(1)
+_KP_DEN = const(6)
+
+# Modes of the FAULT state's way home.
+_GO_HOME_TRUSTED = const(0)  # closed loop on a trusted angle
+_GO_HOME_BLIND = const(1)  # no angle: slow open-loop drive until the home switch
+_GO_HOME_RETRY = const(2)  # stall/overload: pause, then one slow open-loop retry
+_GO_HOME_NONE = const(3)  # nothing more to try: drive off
+
+
+class Inputs:
+    """One tick's inputs, filled in place by the runner (no allocation)."""
+
+    def __init__(self):
+        self.raw = [0, 0, 0, 0, 0, 0]  # IMU sample per hal.imu.read
+        self.imu_ok = False
+        self.go = False  # raw levels, undebounced
+        self.stop = True  # fail-safe until the first real read
+        self.home = False
+        self.overload = False
+
+
+class Controller:
+    def __init__(self, board):
+        self.board = board
+        self.dt_nominal_ms = 1000 // board["control_hz"]
+        self.home_angle_mdeg = board["home_angle_mdeg"]
+        self.max_accel_mdeg_s2 = board["max_accel_mdeg_s2"]
+        self.actuator_speed_mdeg_s = board["actuator_speed_mdeg_s"]
+        self.recovery_speed_mdeg_s = board["recovery_speed_mdeg_s"]
+        self.actuator_lag_ms = board.get("actuator_lag_ms", 0)
+        self._prev_ref_vel = 0
+        # The drive may never command more than the board's hard speed cap.
+        self.drive_cap = board["max_speed_mdeg_s"] * 1000 // self.actuator_speed_mdeg_s
+        travel_mdeg = board["max_angle_mdeg"] - self.home_angle_mdeg
+        # Blind return time cap: the whole travel at recovery speed, plus half again.
+        self.blind_cap_ms = travel_mdeg * 3 // 2 * 1000 // self.recovery_speed_mdeg_s + 5000
+
+        self.estimator = AngleEstimator(Mounting(board["imu"]))
+        self.profile = Profile(self.home_angle_mdeg)
+        debounce_ticks = max(2, 60 // self.dt_nominal_ms)
+        self.go = GoButton(debounce_ticks)
+        # STOP: pressed on the first sample; "released" only after 200 ms stable.
+        self.stop = Debounced(1, max(2, 200 // self.dt_nominal_ms), initial=True)
+        self.home = Debounced(debounce_ticks, debounce_ticks, initial=False)
+
+        self.session = None  # program.Session while a session is open
+        self._pending = None  # (program, limits) for the next GO
+        self.state = BOOT
+        self.fault = None  # latched fault code
+        self.warning = None  # last refusal or notice, for status and the beeper
+        self.end_reason = None  # how the last session ended
+        self.session_ended = False  # True for the tick a session ends (for the log)
+        self.recovering = False  # returning home after a reset, not a session
+        self._boot_fault = None
+
+        self.drive = 0
+        self.power = False  # False: the runner switches the bridge off
+        self.beep = False
+        self.led = False
+
+        self._last_ms = None
+        self._state_ms = 0  # time in the current state
+        self._dt_ms = self.dt_nominal_ms
+        self._ceiling = 1000  # drive ceiling while returning (see _limit_return_drive)
+        self.target_mdeg = self.home_angle_mdeg
+        self.sets_done = 0
+        self.inverted_ms = 0
+        self.max_angle_mdeg = self.home_angle_mdeg
+        self._hold_end_reason = None
+        self._pause_done = False
+        self._seek_ms = 0
+        self._warning_ms = 0
+        # IMU health
+        self._imu_errors = 0
+        self._prev_raw = [0, 0, 0, 0, 0, 0]
+        self._same_raw = 0
+        # stall detection
+        self._window_ms = 0
+        self._expected_udeg = 0
+        self._window_start_mdeg = 0
+        self._overload_ticks = 0
+        # fault return
+        self._go_home_mode = _GO_HOME_NONE
+        self._fault_ms = 0
+        self._retry_start_mdeg = 0
+
+    # ----------------------------------------------------------------- setup
+    def set_program(self, program, limits):
+        """The active user's program and limits, used by the next GO press."""
+        self._pending = (program, limits)
+
+    @property
+    def angle_mdeg(self):
+        return self.estimator.angle_mdeg
+
+    @property
+    def angle_trusted(self):
+        lost = self.fault == F_IMU_LOST or self.fault == F_IMU_STUCK
+        return self.estimator.ready and not lost and self.fault != F_IMU_IMPLAUSIBLE
+
+    # ------------------------------------------------------------------ step
+    def step(self, now_ms, inp):
+        """Advance one tick. Returns the drive command (permille, + = head down)."""
+        if self._last_ms is None:
+            dt = self.dt_nominal_ms
+        else:
+            dt = ticks_diff(now_ms, self._last_ms)
+            # A late tick is integrated as at most 5 ticks: the estimator and
+            # profile stay bounded even if the loop stalled.
+            if dt < 1:
+                dt = 1
+            elif dt > 5 * self.dt_nominal_ms:
+                dt = 5 * self.dt_nominal_ms
+        self._last_ms = now_ms
+        self._dt_ms = dt
+        self._state_ms += dt
+        self.session_ended = False
+
+        self.go.update(inp.go)
+        self.stop.update(inp.stop)
+        self.home.update(inp.home)
+        self._overload_ticks = self._overload_ticks + 1 if inp.overload else 0
+        self._sense_angle(inp, dt)
+        if self.fault is None:
+            self._check_faults(inp, dt)
+        self._account(dt)
+
+        state = self.state
+        if state == FAULT:
+            self._run_fault(dt)
+        elif state == BOOT:
+            self._run_boot()
+        elif state == HOME:
+            self._run_home()
+        elif state == WARN:
+            self._run_warn()
+        elif state == RAMP or state == HOLD:
+            self._run_session_motion(dt)
+        elif state == RETURN or state == PAUSE:
+            self._run_return(dt)
+        elif state == REST:
+            self._run_rest()
+        self._indicate(dt)
+        return self.drive
+
+    # --------------------------------------------------------------- sensing
+    def _sense_angle(self, inp, dt):
+        est = self.estimator
+        if inp.imu_ok:
+            self._imu_errors = 0
+            raw = inp.raw
+            prev = self._prev_raw
+            same = True
+            for i in range(6):
+                if raw[i] != prev[i]:
+                    same = False
+                prev[i] = raw[i]
+            self._same_raw = self._same_raw + 1 if same else 0
+            est.update(raw, dt)
+        else:
+            self._imu_errors += 1
+            if est.ready:
+                est.predict(dt)
+
+    def _check_faults(self, inp, dt):
+        est = self.estimator
+        if self._imu_errors >= IMU_ERROR_TICKS:
+            self._latch(F_IMU_LOST, _GO_HOME_BLIND)
+        elif self._same_raw >= IMU_STUCK_TICKS:
+            self._latch(F_IMU_STUCK, _GO_HOME_BLIND)
+        elif est.rejected_in_row >= IMU_REJECT_TICKS:
+            self._latch(F_IMU_IMPLAUSIBLE, _GO_HOME_BLIND)
+        if self.fault is not None or not est.ready:
+            return
+        if self._overload_ticks >= OVERLOAD_TICKS:
+            self._latch(F_OVERLOAD, _GO_HOME_RETRY)
+            return
+        if self.home.level and est.angle_mdeg > self.home_angle_mdeg + HOME_SWITCH_FAR_MDEG:
+            self._latch(F_HOME_STUCK_CLOSED, _GO_HOME_TRUSTED)
+            return
+        self._check_stall(dt)
+
+    def _check_stall(self, dt):
+        """Driven for a window but the angle moved < 1/4 of what was commanded."""
+        if not self.power or self.home.level:
+            self._window_ms = 0
+            self._expected_udeg = 0
+            self._window_start_mdeg = self.estimator.angle_mdeg
+            return
+        self._expected_udeg += self.drive * self.actuator_speed_mdeg_s // 1000 * dt
+        self._window_ms += dt
+        if self._window_ms < STALL_WINDOW_MS:
+            return
+        expected_mdeg = self._expected_udeg // 1000
+        moved_mdeg = self.estimator.angle_mdeg - self._window_start_mdeg
+        if expected_mdeg < 0:
+            expected_mdeg = -expected_mdeg
+            moved_mdeg = -moved_mdeg
+        if expected_mdeg * 1000 >= STALL_MIN_EXPECTED_UDEG and moved_mdeg * 4 < expected_mdeg:
+            self._latch(F_STALL, _GO_HOME_RETRY)
+        self._window_ms = 0
+        self._expected_udeg = 0
+        self._window_start_mdeg = self.estimator.angle_mdeg
+
+    def _account(self, dt):
+        if self.session is None or not self.estimator.ready:
+            return
+        angle = self.estimator.angle_mdeg
+        if angle > 0:
+            self.inverted_ms += dt
+        if angle > self.max_angle_mdeg:
+            self.max_angle_mdeg = angle
+
+    # ------------------------------------------------------------ transitions
+    def _enter(self, state):
+        self.state = state
+        self._state_ms = 0
+
+    def _warn(self, code):
+        self.warning = code
+        self._warning_ms = 0
+
+    def _latch(self, code, go_home_mode):
+        """Latch a fault: end any session, head home by the safest means left."""
+        self.fault = code
+        self._go_home_mode = go_home_mode
+        self._fault_ms = 0
+        self._ceiling = self.drive if self.drive > 0 else 0
+        if self.session is not None:
+            self._end_session(END_FAULT)
+        self.recovering = False
+        if go_home_mode == _GO_HOME_RETRY:
+            self.drive = 0
+            self.power = False
+        self._enter(FAULT)
+
+    def _end_session(self, reason):
+        self.end_reason = reason
+        self.session_ended = True
+        self.session = None
+
+    def _begin_return(self, reason):
+        """Leave RAMP/HOLD for home; ``reason`` is how the session will end."""
+        self._hold_end_reason = reason
+        self._ceiling = self.drive if self.drive > 0 else 0
+        self._pause_done = self.session is None or self.session.exit_pause_ms == 0
+        self._seek_ms = 0
+        self._enter(RETURN)
+
+    def _arrive_home(self):
+        self.drive = 0
+        self.power = False
+        self.profile.reset(self.home_angle_mdeg)
+        if self.session is None:
+            self.recovering = False
+            self._enter(HOME)
+            return
+        self.sets_done += 1
+        reason = self._hold_end_reason
+        if reason == END_COMPLETED and self.sets_done < self.session.sets:
+            self._enter(REST)
+            return
+        self._end_session(reason)
+        self._enter(HOME)
+
+    # ----------------------------------------------------------------- states
+    def latch_at_boot(self, code):
+        """A fault found before this controller existed (crash, watchdog reset)."""
+        self._boot_fault = code
+
+    def _run_boot(self):
+        self.drive = 0
+        self.power = False
+        if self._state_ms < BOOT_SETTLE_MS or not self.estimator.ready:
+            return
+        angle = self.estimator.angle_mdeg
+        self.profile.reset(angle)
+        if self._boot_fault is not None:
+            # Go home on the trusted angle, slowly, then stay latched.
+            self._latch(self._boot_fault, _GO_HOME_TRUSTED)
+            return
+        if self.home.level and angle < self.home_angle_mdeg + NEAR_HOME_MDEG:
+            self._enter(HOME)
+            return
+        # Not at home after a reset or power loss: never resume, go home slowly.
+        self.recovering = True
+        self._warn("recovering_after_reset")
+        self._begin_return(None)
+
+    def _run_home(self):
+        self.drive = 0
+        self.power = False
+        if self.go.pressed:
+            self._try_start()
+
+    def _try_start(self):
+        refusal = self._start_refusal()
+        if refusal is not None:
+            self._warn(refusal)
+            return
+        program, limits = self._pending
+        if self.state == HOME:
+            self.session = Session(program, limits, self.board)
+            self.sets_done = 0
+            self.inverted_ms = 0
+            self.max_angle_mdeg = self.estimator.angle_mdeg
+            self.end_reason = None
+        self.warning = None
+        self.profile.reset(self.estimator.angle_mdeg)
+        self._enter(WARN)
+
+    def _start_refusal(self):
+        if self.stop.level:
+            return "go_refused_stop_pressed"
+        if self.fault is not None:
+            return "go_refused_fault"
+        if self._pending is None:
+            return "go_refused_no_program"
+        near_home = self.estimator.angle_mdeg <= self.home_angle_mdeg + NEAR_HOME_MDEG
+        if not self.home.level or not near_home:
+            return "go_refused_not_home"
+        if self.state == REST and self._state_ms < self.session.rest_ms:
+            return "go_refused_resting"
+        return None
+
+    def _run_warn(self):
+        self.drive = 0
+        self.power = False
+        if self.stop.level:
+            self._cancel_at_home()
+            return
+        if self._state_ms >= WARN_MS:
+            self.target_mdeg = self.session.angle_mdeg
+            self._enter(RAMP)
+
+    def _cancel_at_home(self):
+        if self.session is not None:
+            self._end_session(END_STOPPED)
+        self._enter(HOME)
+
+    def _run_rest(self):
+        self.drive = 0
+        self.power = False
+        if self.stop.level:
+            self._cancel_at_home()
+        elif self.go.pressed:
+            self._try_start()
+        elif self._state_ms >= self.session.rest_ms + REST_READY_TIMEOUT_MS:
+            self._cancel_at_home()
+
+    def _run_session_motion(self, dt):
+        session = self.session
+        if self.stop.level:
+            self._begin_return(END_STOPPED)
+            self._run_return(dt)
+            return
+        if self._return_due():
+            self._begin_return(END_LIMIT)
+            self._run_return(dt)
+            return
+        profile = self.profile
+        profile.advance(self.target_mdeg, session.speed_mdeg_s, session.accel_mdeg_s2, dt)
+        if self.state == RAMP and profile.at(self.target_mdeg):
+            self._enter(HOLD)
+        elif self.state == HOLD and self._state_ms >= session.hold_ms:
+            self._begin_return(END_COMPLETED)
+        self._track(self.drive_cap)
+
+    def _return_due(self):
+        """True when the inverted-time budget only just covers the way back to 0 deg."""
+        session = self.session
+        return self.inverted_ms + self.time_to_level_ms() >= session.max_inverted_ms
+
+    def time_to_level_ms(self):
+        """Time the return would take from here to 0 deg, with a safety margin."""
+        session = self.session
+        pos = self.profile.pos_mdeg
+        vel = self.profile.vel_mdeg_s
+        accel = session.accel_mdeg_s2
+        speed = session.speed_mdeg_s
+        total_ms = 0
+        if vel > 0:  # first brake to a standstill
+            total_ms += vel * 1000 // accel
+            pos += braking_distance_mdeg(vel, accel)
+        if pos <= 0:
+            return total_ms
+        # then accelerate and cruise down to 0 deg
+        total_ms += pos * 1000 // speed + speed * 1000 // (2 * accel)
+        # margin: actuator lag, estimator error (0.5 deg), a late tick
+        return total_ms + 300 + 500000 // speed + 2 * self.dt_nominal_ms
+
+    def _run_return(self, dt):
+        if self.state == PAUSE:
+            self.drive = 0
+            self.power = True  # holding position, bridge enabled
+            if self.stop.rose or self._state_ms >= self._pause_ms():
+                # A STOP press during the pause means "all the way up, now".
+                self._pause_done = True
+                self._enter(RETURN)
+            return
+        speed = self.recovery_speed_mdeg_s
+        if self.session is not None:
+            speed = self.session.speed_mdeg_s
+        if self.stop.rose and self._hold_end_reason != END_STOPPED:
+            # STOP on the way home: the session ends here, no pause, no more sets.
+            self._pause_done = True
+            if self.session is not None:
+                self._hold_end_reason = END_STOPPED
+        target = self.home_angle_mdeg
+        if not self._pause_done:
+            target = EXIT_PAUSE_ANGLE_MDEG
+            if self.profile.pos_mdeg <= target and self.profile.vel_mdeg_s >= 0:
+                self._pause_done = True  # already at or below the pause angle
+                target = self.home_angle_mdeg
+        profile = self.profile
+        if profile.at(self.home_angle_mdeg) and target == self.home_angle_mdeg:
+            # The reference is home but the switch is not closed: creep on
+            # into the switch for a bounded time.
+            self._seek_ms += dt
+            if self._seek_ms > HOME_SEEK_MS:
+                self._latch(F_HOME_OPEN, _GO_HOME_NONE)
+                self._run_fault(dt)
+                return
+            self.drive = -(CREEP_SPEED_MDEG_S * 1000 // self.actuator_speed_mdeg_s)
+            self.power = True
+            self._limit_return_drive()
+        else:
+            profile.advance(target, speed, self.max_accel_mdeg_s2, dt)
+            if target != self.home_angle_mdeg and profile.at(target):
+                self._enter(PAUSE)
+            self._track(self.drive_cap)
+            self._limit_return_drive()
+        if self.home.level and self.estimator.angle_mdeg < self.home_angle_mdeg + NEAR_HOME_MDEG:
+            self._arrive_home()
+
+    def _pause_ms(self):
+        return self.session.exit_pause_ms if self.session is not None else 0
+
+    def _track(self, cap):
+        """Closed loop: feed-forward of the reference speed plus proportional correction."""
+        # Feed-forward with a lead of the actuator's lag: command now the speed
+        # the reference will have one lag later, so the table does not trail
+        # the ramp and overshoot the target by speed x lag.
+        vel = self.profile.vel_mdeg_s
+        lead = (vel - self._prev_ref_vel) * self.actuator_lag_ms // self._dt_ms
+        self._prev_ref_vel = vel
+        drive = (vel + lead) * 1000 // self.actuator_speed_mdeg_s
+        drive += (self.profile.pos_mdeg - self.estimator.angle_mdeg) * _KP_NUM // _KP_DEN
+        if drive > cap:
+            drive = cap
+        elif drive < -cap:
+            drive = -cap
+        self.drive = drive
+        self.power = True
+
+    def _limit_return_drive(self):
+        """On the way home the drive only ever decreases while positive, then stays <= 0."""
+        if self.drive > self._ceiling:
+            self.drive = self._ceiling
+        self._ceiling = self.drive if self.drive > 0 else 0
+
+    # ------------------------------------------------------------------ fault
+    def _run_fault(self, dt):
+        self._fault_ms += dt
+        if self.power and self._overload_ticks >= OVERLOAD_TICKS and (
+            self._go_home_mode != _GO_HOME_RETRY
+        ):
+            self._go_home_mode = _GO_HOME_NONE  # over-current on the way home: stop
+        mode = self._go_home_mode
+        at_home = self.home.level and self.fault != F_HOME_STUCK_CLOSED
+        if mode == _GO_HOME_TRUSTED:
+            if self.fault == F_HOME_STUCK_CLOSED:
+                # The switch lies: trust the angle, stop just above home.
+                done = self.estimator.angle_mdeg <= self.home_angle_mdeg + 1000
+                target = self.home_angle_mdeg + 500
+            else:
+                done = at_home
+                target = self.home_angle_mdeg - 3000  # into the switch
+            if done or self._fault_ms > self.blind_cap_ms:
+                self._drive_off()
+                return
+            self.profile.advance(
+                target, self.recovery_speed_mdeg_s, self.max_accel_mdeg_s2, dt
+            )
+            self._track(self.drive_cap)
+            self._limit_return_drive()
+        elif mode == _GO_HOME_BLIND:
+            if at_home or self._fault_ms > self.blind_cap_ms:
+                if not at_home and self.fault != F_HOME_NOT_REACHED:
+                    self.warning = F_HOME_NOT_REACHED
+                self._drive_off()
+                return
+            self._blind_drive(dt)
+        elif mode == _GO_HOME_RETRY:
+            self._run_retry(dt, at_home)
+        else:
+            self._drive_off()
+
+    def _blind_drive(self, dt):
+        """Open loop towards home at the recovery speed, slewed at the accel limit."""
+        wanted = -(self.recovery_speed_mdeg_s * 1000 // self.actuator_speed_mdeg_s)
+        slew = self.max_accel_mdeg_s2 * dt // self.actuator_speed_mdeg_s  # permille per tick
+        if slew < 1:
+            slew = 1
+        drive = self.drive if self.power else 0
+        if drive > wanted + slew:
+            drive -= slew
+        elif drive < wanted - slew:
+            drive += slew
+        else:
+            drive = wanted
+        self.drive = drive
+        self.power = True
+        self._limit_return_drive()
+
+    def _run_retry(self, dt, at_home):
+        """Stall or overload: drive off, then one slow retry towards home."""
+        if at_home:
+            self._drive_off()
+            return
+        if self._fault_ms < RETRY_PAUSE_MS:
+            self.drive = 0
+            self.power = False
+            self._retry_start_mdeg = self.estimator.angle_mdeg
+            return
+        retry_ms = self._fault_ms - RETRY_PAUSE_MS
+        moved_mdeg = self._retry_start_mdeg - self.estimator.angle_mdeg
+        if self._overload_ticks >= OVERLOAD_TICKS:
+            self._go_home_mode = _GO_HOME_NONE
+        elif retry_ms >= RETRY_CHECK_MS and moved_mdeg < 1000:
+            self._go_home_mode = _GO_HOME_NONE  # no motion: give up, drive off
+        elif self._fault_ms > self.blind_cap_ms:
+            self._go_home_mode = _GO_HOME_NONE
+        if self._go_home_mode == _GO_HOME_NONE:
+            self._drive_off()
+            return
+        self._ceiling = 0
+        self._blind_drive(dt)
+
+    def _drive_off(self):
+        self.drive = 0
+        self.power = False
+
+    # ------------------------------------------------------------- indicator
+    def _indicate(self, dt):
+        t = self._state_ms
+        self._warning_ms += dt
+        state = self.state
+        if state == FAULT:
+            self.beep = (self._fault_ms // 500) % 2 == 0  # alarm: 1 Hz, never silent
+            self.led = self.beep
+        elif state == WARN:
+            self.beep = (t // 250) % 2 == 0
+            self.led = True
+        else:
+            self.beep = self.warning is not None and self._warning_ms < 150
+            self.led = state != HOME

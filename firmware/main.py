@@ -1,0 +1,146 @@
+# main.py: the board's entry point (copied to the board's root beside board.py
+# and the firmware/ package).
+#
+# Load the board file, build the ESP32 HAL and hand both to the application.
+# If anything fails on the way, the drive is switched off (directly on the
+# pins if the HAL could not be built), one JSON line
+#   {"event": "boot_error", "code": ..., "message": ...}
+# goes to the serial console and main.py returns: the board idles with the
+# REPL available (for mpremote) and nothing driving the motor.
+#
+# Codes: board_missing, board_invalid, imu_not_found, hal_error, app_missing,
+# app_crashed.
+
+import json
+
+# GPIOs never to touch, even while switching the motor pins off with a board
+# file that failed validation: flash/PSRAM (touching them hangs the chip),
+# USB and UART0 (the console that reports the error).
+_NEVER_TOUCH = {
+    "esp32": (1, 3, 6, 7, 8, 9, 10, 11),
+    "esp32s3": (19, 20, 26, 27, 28, 29, 30, 31, 32, 33, 34, 35, 36, 37, 43, 44),
+}
+
+
+class _StartError(Exception):
+    def __init__(self, code, message):
+        Exception.__init__(self, message)
+        self.code = code
+        self.message = message
+
+
+def _report(code, message):
+    print(json.dumps({"event": "boot_error", "code": code, "message": message}))
+
+
+def _allow_ctrl_c():
+    try:
+        import micropython
+
+        micropython.kbd_intr(3)
+    except Exception:
+        pass
+
+
+def _motor_pins_low(board):
+    """Drive the motor driver's pins low with plain GPIO: bridge disabled."""
+    if not isinstance(board, dict):
+        return  # no board file: the pins stay floating inputs as after reset
+    never = _NEVER_TOUCH.get(board.get("chip"))
+    actuator = board.get("actuator")
+    if never is None or not isinstance(actuator, dict):
+        return
+    try:
+        import machine
+    except ImportError:
+        return
+    for key in ("enable", "pwm_fwd", "pwm_rev"):  # enable first
+        pin = actuator.get(key)
+        if isinstance(pin, int) and pin not in never:
+            try:
+                machine.Pin(pin, machine.Pin.OUT, value=0)
+            except Exception:
+                pass
+
+
+def _drive_off(hal, board):
+    if hal is not None:
+        try:
+            hal.actuator.off()
+        except Exception:
+            pass
+    _motor_pins_low(board)
+
+
+def _load_board():
+    try:
+        import board as board_module
+    except ImportError as e:
+        raise _StartError(
+            "board_missing", "board.py not found beside main.py (%s)" % (e,)
+        ) from None
+    except Exception as e:
+        raise _StartError("board_invalid", "board.py failed to load: %r" % (e,)) from None
+    board = getattr(board_module, "BOARD", None)
+    if not isinstance(board, dict):
+        raise _StartError("board_invalid", "board.py defines no BOARD dict")
+    return board
+
+
+def _validate(board):
+    # The validator is optional on the board (boards/ package or flat files).
+    try:
+        from boards.validate import validate_board
+    except ImportError:
+        try:
+            from validate import validate_board
+        except ImportError:
+            return
+    problems = validate_board(board)
+    if problems:
+        raise _StartError("board_invalid", "; ".join(problems))
+
+
+def main():
+    board = None
+    hal = None
+    try:
+        board = _load_board()
+        _validate(board)
+        try:
+            from firmware import esp32_hal
+        except Exception as e:
+            raise _StartError("hal_error", "firmware.esp32_hal failed to load: %r" % (e,)) from None
+        try:
+            hal = esp32_hal.build(board)
+        except esp32_hal.BootError as e:
+            raise _StartError(e.code, e.message) from None
+        try:
+            from firmware.app import run
+        except Exception as e:
+            raise _StartError("app_missing", "firmware.app failed to load: %r" % (e,)) from None
+    except Exception as e:
+        _drive_off(hal, board)
+        _allow_ctrl_c()
+        if isinstance(e, _StartError):
+            _report(e.code, e.message)
+        else:
+            _report("hal_error", "%r" % (e,))
+        return
+    try:
+        run(hal, board)
+    except KeyboardInterrupt:
+        # Ctrl-C is only enabled at HOME (the app's console policy): REPL time.
+        _drive_off(hal, board)
+    except Exception as e:
+        # The app's own safe path did not hold. Drive off; if the watchdog
+        # was started it resets the board shortly and the next start returns
+        # the rider home.
+        _drive_off(hal, board)
+        _allow_ctrl_c()
+        _report("app_crashed", "%r" % (e,))
+    else:
+        _drive_off(hal, board)
+
+
+main()

@@ -1,0 +1,31 @@
+"""A session program clamped by the user's limits and the board's hard caps.
+
+This is the one place where the three sources meet, so it is the one place
+that must get the minimum right: whatever the settings say, nothing leaves
+here above the board's caps.
+"""
+
+
+def _bounded(value, low, high):
+    value = int(value)
+    if value < low:
+        return low
+    if value > high:
+        return high
+    return value
+
+
+class Session:
+    """The numbers a session runs with; every field is already within all limits."""
+
+    def __init__(self, program, limits, board):
+        self.max_angle_mdeg = _bounded(limits["max_angle_mdeg"], 0, board["max_angle_mdeg"])
+        self.angle_mdeg = _bounded(program["angle_mdeg"], 0, self.max_angle_mdeg)
+        speed_cap = _bounded(limits["max_speed_mdeg_s"], 100, board["max_speed_mdeg_s"])
+        self.speed_mdeg_s = _bounded(program["speed_mdeg_s"], 100, speed_cap)
+        self.accel_mdeg_s2 = board["max_accel_mdeg_s2"]
+        self.max_inverted_ms = _bounded(limits["max_inverted_ms"], 0, 3600000)
+        self.hold_ms = _bounded(program["hold_ms"], 0, 3600000)
+        self.sets = _bounded(program["sets"], 1, 20)
+        self.rest_ms = _bounded(program["rest_ms"], 0, 3600000)
+        self.exit_pause_ms = _bounded(program.get("exit_pause_ms", 0), 0, 600000)

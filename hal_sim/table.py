@@ -1,0 +1,128 @@
+"""The whole simulated table: clock, physics, IMU and devices, wired together.
+
+The firmware is not built here: the caller makes ``firmware.hal.Hal`` from
+these attributes (plus a flash filesystem from hal_sim.flash).
+"""
+
+from .clock import VirtualClock
+from .devices import (
+    SimActuator,
+    SimButton,
+    SimHomeSwitch,
+    SimIndicator,
+    SimLink,
+    SimStopButton,
+    SimWdt,
+)
+from .imu import SimImu
+from .physics import TablePhysics
+from .rng import Rng
+
+BUTTON_TAP_MS = 200  # "go" / "stop" taps are released after this much sim time
+
+
+class SimTable:
+    ACTIONS = (
+        "imu_disconnect",
+        "imu_stuck",
+        "imu_spike",
+        "imu_drift",
+        "stall",
+        "overload",
+        "stop_wire_cut",
+        "stop_wire_repair",
+        "home_switch_fail",
+        "home_switch_stuck_closed",
+        "go",
+        "go_down",
+        "go_up",
+        "stop",
+        "stop_down",
+        "stop_up",
+    )
+
+    def __init__(self, board, seed=0, rider_mass_kg=80.0, start_angle_deg=None):
+        self.board = board
+        self.seed = seed
+        self.clock = VirtualClock()
+        self.rng = Rng(seed)
+        self.physics = TablePhysics(board, rider_mass_kg, start_angle_deg)
+        self.imu = SimImu(self.physics, board["imu"], self.rng)
+        self.actuator = SimActuator(self.physics)
+        self.go = SimButton()
+        self.stop = SimStopButton()
+        self.home = SimHomeSwitch(self.physics, board["home_angle_mdeg"])
+        self.indicator = SimIndicator()
+        self.wdt = SimWdt(self.clock)
+        self.link = SimLink()
+        # Sim time (clock.elapsed_ms) at which a tapped button is let go.
+        self._go_release_ms = None
+        self._stop_release_ms = None
+
+    def step(self, dt_ms):
+        """Advance sim time by dt_ms with the drive the bridge outputs now."""
+        self.clock.advance(dt_ms)
+        self.physics.step(dt_ms, self.actuator.output_permille())
+        now_ms = self.clock.elapsed_ms
+        if self._go_release_ms is not None and now_ms >= self._go_release_ms:
+            self.go.release()
+            self._go_release_ms = None
+        if self._stop_release_ms is not None and now_ms >= self._stop_release_ms:
+            self.stop.release()
+            self._stop_release_ms = None
+
+    def inject(self, action):
+        if action not in self.ACTIONS:
+            raise ValueError(
+                "unknown action {}; valid: {}".format(repr(action), ", ".join(self.ACTIONS))
+            )
+        now_ms = self.clock.elapsed_ms
+        if action.startswith("imu_"):
+            self.imu.set_fault(action[4:])
+        elif action == "stall":
+            self.physics.stalled = True
+        elif action == "overload":
+            self.physics.overload = True
+        elif action == "stop_wire_cut":
+            self.stop.cut_wire()
+        elif action == "stop_wire_repair":
+            self.stop.repair_wire()
+        elif action == "home_switch_fail":
+            self.home.stuck_open = True
+        elif action == "home_switch_stuck_closed":
+            self.home.stuck_closed = True
+        elif action == "go":
+            self.go.press()
+            self._go_release_ms = now_ms + BUTTON_TAP_MS
+        elif action == "go_down":
+            self.go.press()
+            self._go_release_ms = None  # held until go_up
+        elif action == "go_up":
+            self.go.release()
+            self._go_release_ms = None
+        elif action == "stop":
+            self.stop.press()
+            self._stop_release_ms = now_ms + BUTTON_TAP_MS
+        elif action == "stop_down":
+            self.stop.press()
+            self._stop_release_ms = None
+        elif action == "stop_up":
+            self.stop.release()
+            self._stop_release_ms = None
+
+    def clear_faults(self):
+        """Undo every injected hardware fault (not button states)."""
+        self.imu.clear_fault()
+        self.physics.stalled = False
+        self.physics.overload = False
+        self.stop.repair_wire()
+        self.home.stuck_open = False
+        self.home.stuck_closed = False
+
+    def power_off(self):
+        """Mains gone: the bridge loses power and the actuator holds."""
+        self.physics.powered = False
+        self.actuator.off()
+
+    def power_on(self):
+        self.physics.powered = True

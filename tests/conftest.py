@@ -1,0 +1,41 @@
+"""Shared pytest fixtures."""
+
+from __future__ import annotations
+
+import pytest
+
+from invtable.host import micropython as mpy
+
+
+@pytest.fixture(scope="session")
+def micropython_setup() -> None:
+    """Skip when Node.js is absent; fail (not skip) when node_modules is missing.
+
+    CI installs the interpreter with `npm ci`; skipping there would hide a
+    broken setup, so only a machine without `node` at all skips.
+    """
+    if not mpy.node_available():
+        pytest.skip("`node` is not installed: MicroPython (WebAssembly) tests need Node.js >= 18")
+    if mpy.micropython_package_dir() is None:
+        pytest.fail(
+            f"npm package {mpy.NPM_PACKAGE} is not installed: {mpy.FIX_HINT}", pytrace=False
+        )
+
+
+@pytest.fixture
+def micropython(micropython_setup):
+    """Run code under real MicroPython 1.27 and assert it succeeded.
+
+    ``micropython(code, mounts=None, timeout_s=120, stdin="", ...)`` returns the
+    CompletedProcess; the invtable packages are importable as on CPython.
+    """
+
+    def run(code: str, *args, **kwargs):
+        proc = mpy.run_micropython(code, *args, **kwargs)
+        assert proc.returncode == 0, (
+            f"MicroPython exited {proc.returncode}\n"
+            f"--- stdout ---\n{proc.stdout}\n--- stderr ---\n{proc.stderr}"
+        )
+        return proc
+
+    return run

@@ -1,0 +1,320 @@
+"""Atomic checksummed storage, the simulated flash, and the session log."""
+
+import json
+
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from invtable.firmware import sessionlog, storage
+from invtable.hal_sim.flash import PowerLoss, SimFlash
+
+OLD = {"users": [{"name": "guest", "limits": {"max_angle_mdeg": 30000}}], "active": "guest"}
+NEW = {"users": [{"name": "Ann", "limits": {"max_angle_mdeg": 25000}}], "active": "Ann"}
+
+
+def _reboot(fs):
+    """Power back on: a fresh SimFlash holding only what was on flash."""
+    fresh = SimFlash()
+    fresh.restore(fs.snapshot())
+    return fresh
+
+
+# -- SimFlash -------------------------------------------------------------
+
+
+def test_simflash_basic_contract():
+    fs = SimFlash()
+    assert fs.read_bytes("a") is None
+    fs.write_bytes("a", bytearray(b"xy"))
+    assert fs.read_bytes("a") == b"xy"
+    assert isinstance(fs.read_bytes("a"), bytes)
+    fs.write_bytes("b", b"old")
+    fs.rename("a", "b")
+    assert fs.read_bytes("b") == b"xy"
+    assert fs.read_bytes("a") is None
+    assert fs.names() == ["b"]
+    fs.remove("b")
+    fs.remove("b")  # no error if missing
+    assert fs.names() == []
+    with pytest.raises(OSError):
+        fs.rename("nope", "b")
+
+
+def test_simflash_tear_keeps_prefix_and_other_files():
+    fs = SimFlash()
+    fs.write_bytes("keep", b"keep")
+    fs.write_bytes("f", b"old content")
+    fs.tear_next_write(3)
+    with pytest.raises(PowerLoss):
+        fs.write_bytes("f", b"new content")
+    assert fs.read_bytes("f") == b"new"
+    assert fs.read_bytes("keep") == b"keep"
+    fs.write_bytes("f", b"whole")  # the fault was one-shot
+    assert fs.read_bytes("f") == b"whole"
+
+
+def test_simflash_random_tear_lengths_vary_and_fit():
+    fs = SimFlash(seed=7)
+    lengths = set()
+    for _ in range(50):
+        fs.tear_next_write()
+        with pytest.raises(PowerLoss):
+            fs.write_bytes("f", b"0123456789")
+        assert fs.read_bytes("f") == b"0123456789"[: fs.last_tear_len]
+        lengths.add(fs.last_tear_len)
+    assert len(lengths) > 5
+    assert all(0 <= n <= 10 for n in lengths)
+
+
+def test_simflash_snapshot_restore_models_reboot():
+    fs = SimFlash()
+    fs.write_bytes("a", b"1")
+    snap = fs.snapshot()
+    fs.write_bytes("a", b"2")
+    fs.tear_next_write(0)
+    fs.restore(snap)
+    assert fs.read_bytes("a") == b"1"
+    fs.write_bytes("a", b"3")  # restore disarmed the fault
+    assert fs.read_bytes("a") == b"3"
+
+
+def test_simflash_fail_next_write_changes_nothing():
+    fs = SimFlash()
+    fs.write_bytes("a", b"1")
+    fs.fail_next_write()
+    with pytest.raises(OSError):
+        fs.write_bytes("a", b"2")
+    assert fs.read_bytes("a") == b"1"
+
+
+# -- storage ----------------------------------------------------------------
+
+
+def test_roundtrip_and_missing():
+    fs = SimFlash()
+    assert storage.load(fs, "s.json") == (None, "missing")
+    storage.save(fs, "s.json", OLD)
+    assert storage.load(fs, "s.json") == (OLD, "ok")
+    assert fs.names() == ["s.json"]  # the temporary file was renamed away
+
+
+def test_file_format_is_checksum_line_then_versioned_json():
+    fs = SimFlash()
+    storage.save(fs, "s.json", [1, 2])
+    raw = fs.read_bytes("s.json")
+    head, body = raw.split(b"\n", 1)
+    assert len(head) == 64
+    assert json.loads(body) == {"v": storage.FORMAT_VERSION, "data": [1, 2]}
+
+
+def test_every_flipped_byte_is_detected():
+    fs = SimFlash()
+    storage.save(fs, "s.json", OLD)
+    good = fs.snapshot()
+    size = len(fs.read_bytes("s.json"))
+    for offset in range(size):
+        fs.restore(good)
+        fs.corrupt("s.json", offset, 0x04)
+        assert storage.load(fs, "s.json") == (None, "corrupt"), offset
+
+
+def _with_valid_checksum(body):
+    return storage._digest(body) + b"\n" + body
+
+
+@pytest.mark.parametrize(
+    "body",
+    [
+        b'{"v": 1, "data": ',  # truncated JSON
+        b"\xff\xfe not utf-8",
+        b'{"v": 2, "data": 1}',  # a future format
+        b'{"data": 1}',
+        b'{"v": 1}',
+        b"[1, 2]",
+    ],
+)
+def test_bad_content_with_good_checksum_is_corrupt(body):
+    fs = SimFlash()
+    fs.write_bytes("s.json", _with_valid_checksum(body))
+    assert storage.load(fs, "s.json") == (None, "corrupt")
+
+
+@pytest.mark.parametrize("raw", [b"", b"\n", b"garbage", b"x" * 64 + b"\n{}"])
+def test_garbage_is_corrupt(raw):
+    fs = SimFlash()
+    fs.write_bytes("s.json", raw)
+    assert storage.load(fs, "s.json") == (None, "corrupt")
+
+
+def test_power_cut_at_every_byte_leaves_old_or_new():
+    """Exhaustive: cut the .new write after 0..len bytes (len = whole file
+    written, power lost before the rename). The old object must survive."""
+    fs = SimFlash()
+    storage.save(fs, "s.json", OLD)
+    before = fs.snapshot()
+    size = len(storage.encode(NEW))
+    for cut in range(size + 1):
+        fs.restore(before)
+        fs.tear_next_write(cut)
+        with pytest.raises(PowerLoss):
+            storage.save(fs, "s.json", NEW)
+        board = _reboot(fs)
+        assert storage.load(board, "s.json") == (OLD, "ok"), cut
+        assert board.names() == ["s.json"]  # the torn .new was cleaned up
+        storage.save(board, "s.json", NEW)  # and the next save works
+        assert storage.load(board, "s.json") == (NEW, "ok")
+
+
+def test_power_cut_during_first_save_reads_as_missing():
+    fs = SimFlash()
+    size = len(storage.encode(NEW))
+    for cut in range(size + 1):
+        fs.restore({})
+        fs.tear_next_write(cut)
+        with pytest.raises(PowerLoss):
+            storage.save(fs, "s.json", NEW)
+        assert storage.load(_reboot(fs), "s.json") == (None, "missing"), cut
+
+
+def test_failed_write_keeps_old():
+    fs = SimFlash()
+    storage.save(fs, "s.json", OLD)
+    fs.fail_next_write()
+    with pytest.raises(OSError):
+        storage.save(fs, "s.json", NEW)
+    assert storage.load(fs, "s.json") == (OLD, "ok")
+
+
+_json_values = st.recursive(
+    st.none() | st.booleans() | st.integers(-(2**31), 2**31) | st.text(max_size=10),
+    lambda inner: (
+        st.lists(inner, max_size=4) | st.dictionaries(st.text(max_size=6), inner, max_size=4)
+    ),
+    max_leaves=12,
+)
+
+
+@settings(max_examples=200, deadline=None)
+@given(old=_json_values, new=_json_values, cut=st.integers(0, 10_000), seq=st.integers(1, 3))
+def test_random_objects_and_cuts_never_load_garbage(old, new, cut, seq):
+    fs = SimFlash()
+    storage.save(fs, "f", old)
+    for _ in range(seq - 1):  # a few good saves first: content need not matter
+        storage.save(fs, "f", old)
+    fs.tear_next_write(cut)
+    with pytest.raises(PowerLoss):
+        storage.save(fs, "f", new)
+    assert storage.load(_reboot(fs), "f") == (old, "ok")
+
+
+# -- session log --------------------------------------------------------------
+
+
+def _entry(i, end="completed", fault=None):
+    return {
+        "user": "Ann",
+        "start_s": 1700000000 + i,
+        "uptime_ms": 1000 * i,
+        "max_angle_mdeg": 20000,
+        "inverted_ms": 60000,
+        "end": end,
+        "fault": fault,
+    }
+
+
+def test_log_bounded_to_50_keeps_newest():
+    fs = SimFlash()
+    log = sessionlog.SessionLog(fs)
+    assert log.status == "missing"
+    for i in range(60):
+        log.append(_entry(i))
+    got = log.entries()
+    assert len(got) == 50
+    assert [e["uptime_ms"] for e in got] == [1000 * i for i in range(10, 60)]
+    again = sessionlog.SessionLog(_reboot(fs))
+    assert again.status == "ok"
+    assert again.entries() == got
+
+
+def test_log_accepts_each_end_and_null_start():
+    log = sessionlog.SessionLog(SimFlash())
+    for end in sessionlog.ENDS:
+        e = _entry(1, end=end, fault="imu_lost" if end == "fault" else None)
+        e["start_s"] = None
+        log.append(e)
+    assert [e["end"] for e in log.entries()] == list(sessionlog.ENDS)
+
+
+@pytest.mark.parametrize(
+    "change",
+    [
+        {"end": "exploded"},
+        {"user": 3},
+        {"start_s": "yesterday"},
+        {"uptime_ms": -1},
+        {"inverted_ms": 1.5},
+        {"max_angle_mdeg": True},
+        {"fault": 7},
+    ],
+)
+def test_log_rejects_bad_entries_and_changes_nothing(change):
+    fs = SimFlash()
+    log = sessionlog.SessionLog(fs)
+    log.append(_entry(0))
+    before = fs.snapshot()
+    bad = _entry(1)
+    bad.update(change)
+    with pytest.raises(ValueError):
+        log.append(bad)
+    assert len(log.entries()) == 1
+    assert fs.snapshot() == before
+
+
+def test_log_missing_field_rejected():
+    e = _entry(0)
+    del e["fault"]
+    with pytest.raises((KeyError, ValueError)):
+        sessionlog.SessionLog(SimFlash()).append(e)
+
+
+def test_log_clear_and_entries_are_copies():
+    fs = SimFlash()
+    log = sessionlog.SessionLog(fs)
+    log.append(_entry(0))
+    log.entries()[0]["user"] = "mallory"
+    assert log.entries()[0]["user"] == "Ann"
+    log.clear()
+    assert log.entries() == []
+    assert sessionlog.SessionLog(_reboot(fs)).entries() == []
+
+
+def test_log_torn_append_keeps_previous_log():
+    fs = SimFlash()
+    log = sessionlog.SessionLog(fs)
+    for i in range(3):
+        log.append(_entry(i))
+    fs.tear_next_write()
+    with pytest.raises(PowerLoss):
+        log.append(_entry(3))
+    assert len(sessionlog.SessionLog(_reboot(fs)).entries()) == 3
+
+
+def test_log_corrupt_file_starts_empty_and_is_reported():
+    fs = SimFlash()
+    log = sessionlog.SessionLog(fs)
+    log.append(_entry(0))
+    fs.corrupt(sessionlog.LOG_FILE, 70)
+    log = sessionlog.SessionLog(fs)
+    assert log.status == "corrupt"
+    assert log.entries() == []
+    log.append(_entry(1))
+    assert sessionlog.SessionLog(fs).status == "ok"
+
+
+def test_log_bad_entry_inside_good_checksum_is_corrupt():
+    fs = SimFlash()
+    storage.save(fs, sessionlog.LOG_FILE, [{"end": "completed"}])
+    log = sessionlog.SessionLog(fs)
+    assert log.status == "corrupt"
+    assert log.entries() == []
