@@ -1,2 +1,162 @@
+"""The `invtable` command."""
+
+import csv
+import json
+import sys
+
+import click
+
+from invtable import __version__
+from invtable.host import simview
+from invtable.host.boards import DEFAULT_BOARD, board_names, load_board
+
+# A beginner's session from the source documents: 15-30 deg for 30 s - 2 min,
+# building from one-minute sets; about 3-5 deg/s; a short rest near
+# horizontal on the way up.
+DEMO_PROGRAM = {
+    "angle_deg": 30.0,
+    "hold_s": 45.0,
+    "sets": 2,
+    "rest_s": 15.0,
+    "speed_deg_s": 4.0,
+    "exit_pause_s": 5.0,
+}
+DEMO_LIMITS = {"max_angle_deg": 30.0, "max_inverted_s": 150.0}
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+@click.version_option(__version__, prog_name="invtable")
 def main():
-    print("stub")
+    """Firmware and host tools for a motorised inversion table.
+
+    Start with `invtable sim run`: a demo session on the simulated table.
+    """
+
+
+@main.group()
+def sim():
+    """The simulated table: the real firmware on simulated hardware."""
+
+
+def _validate_event(ctx, param, values):
+    from invtable.hal_sim.scenario import parse_event
+
+    events = []
+    for text in values:
+        try:
+            events.append(parse_event(text))
+        except ValueError as error:
+            raise click.BadParameter(str(error), ctx=ctx, param=param) from None
+    return events
+
+
+def _board(ctx, param, name):
+    try:
+        return name, load_board(name)
+    except KeyError as error:
+        raise click.BadParameter(error.args[0], ctx=ctx, param=param) from None
+
+
+@sim.command("run")
+@click.option("--trace", "trace_path", type=click.Path(dir_okay=False, writable=True),
+              help="Write one CSV row per control tick to this file.")
+@click.option("--board", "board", default=DEFAULT_BOARD, show_default=True, callback=_board,
+              help=f"Board file to simulate ({', '.join(board_names())}).")
+@click.option("--angle", "angle_deg", type=click.FloatRange(1, 90),
+              default=DEMO_PROGRAM["angle_deg"], show_default=True,
+              help="Target inversion angle, degrees (0 = horizontal, 90 = vertical).")
+@click.option("--hold", "hold_s", type=click.FloatRange(0, 3600),
+              default=DEMO_PROGRAM["hold_s"], show_default=True, help="Hold per set, seconds.")
+@click.option("--sets", type=click.IntRange(1, 20), default=DEMO_PROGRAM["sets"],
+              show_default=True, help="Number of sets; each set after the first needs GO.")
+@click.option("--rest", "rest_s", type=click.FloatRange(0, 3600),
+              default=DEMO_PROGRAM["rest_s"], show_default=True,
+              help="Rest at home between sets, seconds.")
+@click.option("--speed", "speed_deg_s", type=click.FloatRange(0.1, 10),
+              default=DEMO_PROGRAM["speed_deg_s"], show_default=True,
+              help="Tilt speed, degrees per second.")
+@click.option("--max-angle", "max_angle_deg", type=click.FloatRange(1, 90),
+              help="The user's angle limit, degrees [default: the --angle].")
+@click.option("--max-inverted", "max_inverted_s", type=click.FloatRange(1, 3600),
+              default=DEMO_LIMITS["max_inverted_s"], show_default=True,
+              help="The user's limit on time above 0 degrees per session, seconds.")
+@click.option("--exit-pause", "exit_pause_s", type=click.FloatRange(0, 600),
+              default=DEMO_PROGRAM["exit_pause_s"], show_default=True,
+              help="Pause near horizontal on the way home, seconds.")
+@click.option("--event", "events", multiple=True, callback=_validate_event, metavar="T:ACTION",
+              help="At T seconds of simulated time: go, stop, or a fault (repeatable). "
+              "Without a go event a simulated rider presses GO at 1 s and after each rest.")
+@click.option("--duration", "duration_s", type=click.FloatRange(0.1, 24 * 3600),
+              help="Stop after this many simulated seconds [default: when the table settles].")
+@click.option("--seed", type=int, default=0, show_default=True,
+              help="Seed for sensor noise and biases.")
+@click.option("--json", "as_json", is_flag=True, help="Print only a JSON summary.")
+def sim_run(trace_path, board, angle_deg, hold_s, sets, rest_s, speed_deg_s, max_angle_deg,
+            max_inverted_s, exit_pause_s, events, duration_s, seed, as_json):
+    """Run one session on the simulated table, as fast as the CPU allows.
+
+    The firmware is the real one; only the hardware is simulated. Example:
+
+      invtable sim run --angle 45 --hold 60 --event 30:stop --trace out.csv
+    """
+    from invtable.hal_sim import scenario
+
+    board_name, board_dict = board
+    if max_angle_deg is None:
+        max_angle_deg = angle_deg
+    if angle_deg > max_angle_deg:
+        raise click.BadParameter(
+            f"--angle {angle_deg:g} is above the user's --max-angle {max_angle_deg:g}",
+            param_hint="--angle")
+    for name, value, cap in (
+        ("--max-angle", max_angle_deg * 1000, board_dict["max_angle_mdeg"]),
+        ("--speed", speed_deg_s * 1000, board_dict["max_speed_mdeg_s"]),
+    ):
+        if value > cap:
+            raise click.BadParameter(
+                f"{value / 1000:g} is above board {board_name}'s hard cap of {cap / 1000:g}",
+                param_hint=name)
+    program = {
+        "angle_mdeg": round(angle_deg * 1000),
+        "hold_ms": round(hold_s * 1000),
+        "sets": sets,
+        "rest_ms": round(rest_s * 1000),
+        "speed_mdeg_s": round(speed_deg_s * 1000),
+        "exit_pause_ms": round(exit_pause_s * 1000),
+    }
+    limits = {
+        "max_angle_mdeg": round(max_angle_deg * 1000),
+        "max_inverted_ms": round(max_inverted_s * 1000),
+        "max_speed_mdeg_s": round(speed_deg_s * 1000),
+    }
+    view = None if as_json else simview.SessionView(board_name, program, limits, events)
+    writer = None
+    trace_file = None
+    if trace_path:
+        trace_file = open(trace_path, "w", newline="")  # noqa: SIM115 - closed below
+        writer = csv.writer(trace_file)
+        writer.writerow(scenario.COLUMNS)
+
+    def sink(row):
+        if writer is not None:
+            writer.writerow(simview.csv_row(row))
+        if view is not None:
+            view.add(row)
+
+    try:
+        summary = scenario.run(board_dict, program, limits, events=events,
+                               duration_s=duration_s, seed=seed, sink=sink)
+    finally:
+        if trace_file is not None:
+            trace_file.close()
+    summary["board"] = board_name
+    if trace_path:
+        summary["trace"] = trace_path
+    if as_json:
+        click.echo(json.dumps(summary, indent=2))
+    else:
+        view.finish(summary)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
