@@ -20,6 +20,9 @@ BOARD = {
     # Control loop rate. 50 Hz = 20 ms per tick: fast enough for a table that
     # moves at most 10 deg/s (0.2 deg per tick), slow enough for MicroPython.
     "control_hz": 50,
+    # Hardware watchdog: a hung loop keeps its last drive command until this
+    # expires (at most 5 deg of travel at the 10 deg/s cap), then the board resets.
+    "wdt_timeout_ms": 500,
     # Geometry and hard caps: the serial line can never exceed these.
     "home_angle_mdeg": -60000,  # upright loading position, at the home switch
     "max_angle_mdeg": 90000,  # mechanical end of travel (fully inverted)

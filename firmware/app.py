@@ -8,8 +8,14 @@ home slowly with the ``crash`` fault latched; if even that keeps failing, a
 last-resort routine with no estimator drives slowly to the home switch.
 """
 
+from . import storage
 from .compat import const, ticks_diff
-from .controller import F_CRASH, Controller, Inputs
+from .controller import F_CRASH, HOME, Controller, Inputs
+from .sessionlog import SessionLog
+
+# Written when a session starts, removed when its log entry is written: if it
+# is found at boot, a reset or power loss interrupted that session.
+MARKER_FILE = "session.json"
 
 # Crashes allowed in the recovery controller before the last-resort routine.
 _MAX_CRASHES = const(3)
@@ -25,12 +31,114 @@ class App:
             self.ctl.latch_at_boot(reset_fault)
         self.crashes = 0
         self.last_error = None  # text of the last exception caught in the loop
+        self.reset_fault = reset_fault
         self._program = None
+        self._user = "guest"
         self._last_resort_start = None
         self._last_resort_ms = self.ctl.blind_cap_ms
+        self._in_session = False
+        self._pending_entry = None  # log entry waiting for the table to be at rest
+        # Uptime in whole seconds plus a ms remainder: small ints for 34 years.
+        self.uptime_s = 0
+        self._uptime_rem_ms = 0
+        self._last_ms = hal.clock.ticks_ms()
+        self.log = SessionLog(hal.fs)
+        self._record_interrupted_session()
 
-    def set_program(self, program, limits):
+    def status(self):
+        """What the `status` command reports (a fresh dict: not for the tick path)."""
+        ctl = self.ctl
+        session = ctl.session
+        return {
+            "state": ctl.state,
+            "angle_mdeg": ctl.angle_mdeg,
+            "target_mdeg": ctl.profile.pos_mdeg,
+            "fault": ctl.fault,
+            "warning": ctl.warning,
+            "user": self._user,
+            "session": session is not None,
+            "sets_done": ctl.sets_done,
+            "inverted_ms": ctl.inverted_ms,
+            "inverted_limit_ms": session.max_inverted_ms if session is not None else None,
+            "last_end": ctl.end_reason,
+            "last_error": self.last_error,
+            "uptime_ms": self.uptime_ms,
+            "log_status": self.log.status,
+        }
+
+    def at_rest_home(self):
+        """At home, no session open, drive off: the only time maintenance may interrupt."""
+        ctl = self.ctl
+        return ctl.state == HOME and ctl.session is None and not ctl.power
+
+    def _record_interrupted_session(self):
+        """At boot: a session marker left on flash means a reset cut a session short."""
+        marker, status = storage.load(self.hal.fs, MARKER_FILE)
+        if status != storage.OK:
+            return
+        entry = {
+            "user": marker.get("user", "?"),
+            "start_s": None,
+            "uptime_ms": marker.get("uptime_ms", 0),
+            "max_angle_mdeg": 0,  # lost with the RAM
+            "inverted_ms": 0,
+            "end": "interrupted",
+            "fault": self.reset_fault,
+        }
+        try:
+            self.log.append(entry)
+            self.hal.fs.remove(MARKER_FILE)
+        except (OSError, ValueError) as error:
+            self.last_error = "log: %s" % error
+
+    @property
+    def uptime_ms(self):
+        return self.uptime_s * 1000 + self._uptime_rem_ms
+
+    def _count_uptime(self, now_ms):
+        self._uptime_rem_ms += ticks_diff(now_ms, self._last_ms)
+        self._last_ms = now_ms
+        while self._uptime_rem_ms >= 1000:
+            self._uptime_rem_ms -= 1000
+            self.uptime_s += 1
+
+    def _entry(self, end, fault, max_angle_mdeg, inverted_ms):
+        return {
+            "user": self._user,
+            "start_s": None,
+            "uptime_ms": self.uptime_ms,
+            "max_angle_mdeg": max_angle_mdeg,
+            "inverted_ms": inverted_ms,
+            "end": end,
+            "fault": fault,
+        }
+
+    def _book_keep(self):
+        """Session start/end to flash, never while the table is moving.
+
+        Flash writes can take tens of ms on an ESP32; the end-of-session entry
+        waits until the drive is off (HOME, REST or a fault at rest).
+        """
+        ctl = self.ctl
+        if ctl.session is not None and not self._in_session:
+            self._in_session = True
+            # At home and not yet moving (WARN): a safe moment to write.
+            marker = {"user": self._user, "uptime_ms": self.uptime_ms}
+            storage.save(self.hal.fs, MARKER_FILE, marker)
+        if ctl.session_ended:
+            self._in_session = False
+            self._pending_entry = self._entry(
+                ctl.end_reason, ctl.fault, ctl.max_angle_mdeg, ctl.inverted_ms
+            )
+        if self._pending_entry is not None and not ctl.power:
+            entry = self._pending_entry
+            self._pending_entry = None
+            self.log.append(entry)
+            self.hal.fs.remove(MARKER_FILE)
+
+    def set_program(self, program, limits, user="guest"):
         self._program = (program, limits)
+        self._user = user
         self.ctl.set_program(program, limits)
 
     def tick(self):
@@ -47,6 +155,7 @@ class App:
         hal = self.hal
         inp = self.inputs
         now_ms = hal.clock.ticks_ms()
+        self._count_uptime(now_ms)
         try:
             hal.imu.read(inp.raw)
             inp.imu_ok = True
@@ -63,6 +172,10 @@ class App:
         else:
             hal.actuator.off()
         hal.indicator.set(ctl.beep, ctl.led)
+        if ctl.session_ended or self._pending_entry is not None or (
+            ctl.session is not None and not self._in_session
+        ):
+            self._book_keep()
         hal.wdt.feed()  # only a loop that got this far is healthy
 
     def _crashed(self, error):
@@ -72,6 +185,11 @@ class App:
             self.hal.actuator.off()
         except Exception:  # noqa: BLE001
             pass
+        old = self.ctl
+        if self._in_session:
+            # The session dies with the controller: log it as ended by a fault.
+            self._in_session = False
+            self._pending_entry = self._entry("fault", F_CRASH, old.max_angle_mdeg, old.inverted_ms)
         if self.crashes >= _MAX_CRASHES:
             return  # the next ticks run the last-resort routine
         # A fresh controller: the old one's state may be what broke.
@@ -98,16 +216,32 @@ class App:
         hal.wdt.feed()
 
 
-def run(hal, board, app=None):
-    """The board's main loop: one tick per control period, forever."""
+def run(hal, board, app=None, reset_fault=None):
+    """The board's main loop: one tick per control period, forever.
+
+    The watchdog starts after the first healthy tick (it cannot be stopped
+    once started). Ctrl-C on the serial line is honoured only at HOME with no
+    session open, so maintenance access (mpremote) can never interrupt a
+    rider's return.
+    """
     import time
 
     period_ms = 1000 // board["control_hz"]
     if app is None:
-        app = App(hal, board)
+        app = App(hal, board, reset_fault=reset_fault)
+    console = getattr(hal, "console", None)
+    interrupt_allowed = None
+    watchdog_started = False
     next_ms = time.ticks_ms()
     while True:
         app.tick()
+        if not watchdog_started and hasattr(hal.wdt, "start_watchdog"):
+            hal.wdt.start_watchdog()
+            watchdog_started = True
+        allowed = app.at_rest_home()
+        if console is not None and allowed != interrupt_allowed:
+            console.allow_interrupt(allowed)
+            interrupt_allowed = allowed
         next_ms = time.ticks_add(next_ms, period_ms)
         wait_ms = time.ticks_diff(next_ms, time.ticks_ms())
         if wait_ms > 0:

@@ -475,6 +475,11 @@ class Controller:
             if self.stop.rose or self._state_ms >= self._pause_ms():
                 # A STOP press during the pause means "all the way up, now".
                 self._pause_done = True
+                if self.stop.rose and self.session is not None:
+                    # ...and it ends the session: without this a STOP in the
+                    # pause after a completed set led to REST, where a GO
+                    # would start the next set after the rider pressed STOP.
+                    self._hold_end_reason = END_STOPPED
                 self._enter(RETURN)
             return
         speed = self.recovery_speed_mdeg_s

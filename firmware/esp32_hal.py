@@ -28,7 +28,7 @@ class BootError(Exception):
     """Start-up failed; ``code`` is the stable machine-readable reason."""
 
     def __init__(self, code, message):
-        Exception.__init__(self, message)
+        super().__init__(message)
         self.code = code
         self.message = message
 

@@ -24,7 +24,7 @@ _NEVER_TOUCH = {
 
 class _StartError(Exception):
     def __init__(self, code, message):
-        Exception.__init__(self, message)
+        super().__init__(message)
         self.code = code
         self.message = message
 
@@ -119,6 +119,9 @@ def main():
             from firmware.app import run
         except Exception as e:
             raise _StartError("app_missing", "firmware.app failed to load: %r" % (e,)) from None
+    except KeyboardInterrupt:  # Ctrl-C during start-up: to the REPL, drive off
+        _drive_off(hal, board)
+        return
     except Exception as e:
         _drive_off(hal, board)
         _allow_ctrl_c()
@@ -127,8 +130,16 @@ def main():
         else:
             _report("hal_error", "%r" % (e,))
         return
+    reset_fault = None
     try:
-        run(hal, board)
+        import machine
+
+        if machine.reset_cause() == machine.WDT_RESET:
+            reset_fault = "watchdog"  # the loop hung last time: report it, latch FAULT
+    except Exception:
+        pass
+    try:
+        run(hal, board, reset_fault=reset_fault)
     except KeyboardInterrupt:
         # Ctrl-C is only enabled at HOME (the app's console policy): REPL time.
         _drive_off(hal, board)

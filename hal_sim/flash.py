@@ -9,8 +9,12 @@ _ENOENT = 2
 _ENOSPC = 28
 
 
-class PowerLoss(Exception):
-    """The board lost power in the middle of a flash write."""
+class PowerLoss(BaseException):
+    """The board lost power in the middle of a flash write.
+
+    A BaseException, not an Exception: firmware cannot catch its own power
+    going away, so the control loop's ``except Exception`` must not see it.
+    """
 
 
 class SimFlash:

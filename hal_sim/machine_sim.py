@@ -45,7 +45,7 @@ class SimReset(SystemExit):
     """
 
     def __init__(self, cause):
-        SystemExit.__init__(self, "machine reset (cause %d)" % cause)
+        super().__init__("machine reset (cause %d)" % cause)
         self.cause = cause
 
 
@@ -203,9 +203,12 @@ def _read_level(state):
         return 1 if state.ext else 0
     if state.pwm_duty_u16 is not None:
         return 1 if state.pwm_duty_u16 >= 32768 else 0
-    if state.mode in (Pin.OUT, Pin.OPEN_DRAIN):
-        if state.mode == Pin.OPEN_DRAIN and state.out:
+    # (== rather than `in (Pin.OUT, ...)`: that tuple would be built on the heap.)
+    if state.mode == Pin.OPEN_DRAIN:
+        if state.out:
             return 1 if state.pull == Pin.PULL_UP else state.float_level
+        return 0
+    if state.mode == Pin.OUT:
         return state.out
     if state.pull == Pin.PULL_UP:
         return 1

@@ -11,6 +11,9 @@ itself, handled here:
               the control loop).
   hang        the control loop stops running (an endless loop); the drive
               keeps its last command until the watchdog resets the board.
+  torn_write  the board loses power in the middle of its next flash write
+              (the session log or the session marker); it boots again as
+              after a power loss.
 
 Portable: runs under CPython and MicroPython (the tests do both).
 """
@@ -18,12 +21,12 @@ Portable: runs under CPython and MicroPython (the tests do both).
 from ..firmware.app import App
 from ..firmware.controller import F_WATCHDOG, FAULT, HOME, REST
 from ..firmware.hal import Hal
-from .flash import SimFlash
+from .flash import PowerLoss, SimFlash
 from .table import SimTable
 
 POWER_OFF_MS = 500  # how long the board stays dark after a power loss
-WATCHDOG_MS = 500  # the board's hardware watchdog timeout
-BOARD_ACTIONS = ("power_loss", "crash", "hang")
+WATCHDOG_MS = 1000  # watchdog timeout when the board file does not set one
+BOARD_ACTIONS = ("power_loss", "crash", "hang", "torn_write")
 ACTIONS = SimTable.ACTIONS + BOARD_ACTIONS
 
 # Trace columns, in order. Angles and speeds in degrees for people to read.
@@ -68,7 +71,7 @@ class Scenario:
         self.limits = limits
         self.dt_ms = 1000 // board["control_hz"]
         self.table = SimTable(board, seed, rider_mass_kg, start_angle_deg)
-        self.table.wdt.timeout_ms = WATCHDOG_MS
+        self.table.wdt.timeout_ms = board.get("wdt_timeout_ms", WATCHDOG_MS)
         self.flash = SimFlash()
         self.imu = _CrashingImu(self.table.imu)
         self.app = None
@@ -115,6 +118,8 @@ class Scenario:
             self.imu.armed = True
         elif action == "hang":
             self._hung = True
+        elif action == "torn_write":
+            self.flash.tear_next_write()
         else:
             self.table.inject(action)
 
@@ -136,7 +141,12 @@ class Scenario:
             table.actuator.off()
             self._boot(F_WATCHDOG)
         if self.app is not None and not self._hung:
-            self.app.tick()
+            try:
+                self.app.tick()
+            except PowerLoss:
+                self._power_loss()
+                table.step(self.dt_ms)
+                return
             ctl = self.app.ctl
             if ctl.fault is not None and ctl.fault not in self.faults_seen:
                 self.faults_seen.append(ctl.fault)
@@ -197,7 +207,8 @@ def parse_event(text):
     try:
         t_ms = int(float(time_text) * 1000 + 0.5)
     except ValueError:
-        raise ValueError("event %r: time %r is not a number of seconds" % (text, time_text)) from None
+        message = "event %r: time %r is not a number of seconds" % (text, time_text)
+        raise ValueError(message) from None
     if t_ms < 0:
         raise ValueError("event %r: time must be >= 0" % text)
     if action not in ACTIONS:
@@ -287,4 +298,6 @@ def run(
         "boots": sim.boots,
         "final_angle_deg": sim.table.physics.angle_deg,
         "drive_off": not (ctl is not None and ctl.power),
+        "log": sim.app.log.entries() if sim.app is not None else [],
+        "last_error": sim.app.last_error if sim.app is not None else None,
     }
