@@ -9,9 +9,11 @@ last-resort routine with no estimator drives slowly to the home switch.
 """
 
 from . import storage
+from .auth import Auth
 from .compat import const, ticks_diff
-from .controller import F_CRASH, HOME, Controller, Inputs
+from .controller import END_COMPLETED, F_CRASH, HOME, Controller, Inputs
 from .sessionlog import SessionLog
+from .settings import DEFAULTS_CORRUPT, Settings
 
 # Written when a session starts, removed when its log entry is written: if it
 # is found at boot, a reset or power loss interrupted that session.
@@ -19,6 +21,32 @@ MARKER_FILE = "session.json"
 
 # Crashes allowed in the recovery controller before the last-resort routine.
 _MAX_CRASHES = const(3)
+
+_fallback_state = [0]
+
+
+def random_bytes(n, ticks_ms=None):
+    """n random bytes for PIN salts: ``os.urandom`` (the ESP32's hardware RNG,
+    or the OS on a PC) when available; otherwise a fallback that hashes the
+    tick counter and a call counter. The fallback is not secret-grade, but a
+    salt only needs to differ between boards and PIN changes."""
+    try:
+        import os
+
+        data = os.urandom(n)
+        if len(data) == n:
+            return data
+    except Exception:  # noqa: BLE001 - no urandom on this port
+        pass
+    import hashlib
+
+    _fallback_state[0] += 1
+    seed = "%d:%d" % (ticks_ms() if ticks_ms is not None else 0, _fallback_state[0])
+    out = b""
+    while len(out) < n:
+        seed = seed + "."
+        out += hashlib.sha256(seed.encode()).digest()
+    return out[:n]
 
 
 class App:
@@ -33,6 +61,7 @@ class App:
         self.last_error = None  # text of the last exception caught in the loop
         self.reset_fault = reset_fault
         self._program = None
+        self._explicit_program = False  # set_program() was called: settings do not apply
         self._user = "guest"
         self._last_resort_start = None
         self._last_resort_ms = self.ctl.blind_cap_ms
@@ -42,8 +71,28 @@ class App:
         self.uptime_s = 0
         self._uptime_rem_ms = 0
         self._last_ms = hal.clock.ticks_ms()
+        self.epoch_s_at_set = None  # clock.set: epoch seconds...
+        self._uptime_s_at_set = 0  # ...at this uptime
+        self._session_start_s = None
+        self.ended_entry = None  # the last log entry written, for the session_end event
         self.log = SessionLog(hal.fs)
-        self._record_interrupted_session()
+        self.interrupted = self._record_interrupted_session()
+        self.settings = None
+        self.settings_status = DEFAULTS_CORRUPT
+        self.auth = None
+        try:
+            self.settings = Settings(hal.fs, board)
+            self.settings_status = self.settings.load()
+            clock = hal.clock
+            self.auth = Auth(hal.fs, clock.ticks_ms, lambda n: random_bytes(n, clock.ticks_ms))
+        except Exception as error:  # noqa: BLE001 - the loop must run regardless
+            self.last_error = "settings: %s: %s" % (type(error).__name__, error)
+        self._apply_settings()
+        self.protocol = None
+        if hal.link is not None:
+            from .protocol import Protocol
+
+            self.protocol = Protocol(self)
 
     def status(self):
         """What the `status` command reports (a fresh dict: not for the tick path)."""
@@ -63,8 +112,47 @@ class App:
             "last_end": ctl.end_reason,
             "last_error": self.last_error,
             "uptime_ms": self.uptime_ms,
+            "pin_is_default": self.auth.pin_is_default if self.auth is not None else None,
+            "settings_status": self.settings_status,
             "log_status": self.log.status,
         }
+
+    # -------------------------------------------------------------- settings
+    def _apply_settings(self):
+        """The active user's (program, limits) for the next GO, unless the
+        caller chose a program explicitly with ``set_program``."""
+        if self._explicit_program or self.settings is None:
+            return
+        limits, program = self.settings.active()
+        self._user = self.settings.active_name()
+        self._program = (program, limits)
+        self.ctl.set_program(program, limits)
+
+    def settings_changed(self):
+        """Called by the protocol after every successful settings change."""
+        self._apply_settings()
+
+    def _progress(self, entry):
+        """After a normally completed session: step the user's program up."""
+        if self._explicit_program or self.settings is None or entry["end"] != END_COMPLETED:
+            return
+        try:
+            self.settings.apply_progression(entry["user"])
+        except Exception as error:  # noqa: BLE001 - (OSError, a deleted user): keep going
+            self.last_error = "progression: %s: %s" % (type(error).__name__, error)
+        self._apply_settings()
+
+    # ----------------------------------------------------------------- clock
+    def set_clock(self, epoch_s):
+        """The host's wall clock (UTC seconds), for the log's start_s."""
+        self.epoch_s_at_set = epoch_s
+        self._uptime_s_at_set = self.uptime_s
+
+    def epoch_s(self):
+        """Wall-clock seconds now, or None if the host never set the clock."""
+        if self.epoch_s_at_set is None:
+            return None
+        return self.epoch_s_at_set + self.uptime_s - self._uptime_s_at_set
 
     def at_rest_home(self):
         """At home, no session open, drive off: the only time maintenance may interrupt."""
@@ -75,7 +163,7 @@ class App:
         """At boot: a session marker left on flash means a reset cut a session short."""
         marker, status = storage.load(self.hal.fs, MARKER_FILE)
         if status != storage.OK:
-            return
+            return False
         entry = {
             "user": marker.get("user", "?"),
             "start_s": None,
@@ -88,8 +176,10 @@ class App:
         try:
             self.log.append(entry)
             self.hal.fs.remove(MARKER_FILE)
+            self.ended_entry = entry
         except (OSError, ValueError) as error:
             self.last_error = "log: %s" % error
+        return True
 
     @property
     def uptime_ms(self):
@@ -105,7 +195,7 @@ class App:
     def _entry(self, end, fault, max_angle_mdeg, inverted_ms):
         return {
             "user": self._user,
-            "start_s": None,
+            "start_s": self._session_start_s,
             "uptime_ms": self.uptime_ms,
             "max_angle_mdeg": max_angle_mdeg,
             "inverted_ms": inverted_ms,
@@ -122,6 +212,7 @@ class App:
         ctl = self.ctl
         if ctl.session is not None and not self._in_session:
             self._in_session = True
+            self._session_start_s = self.epoch_s()
             # At home and not yet moving (WARN): a safe moment to write.
             marker = {"user": self._user, "uptime_ms": self.uptime_ms}
             storage.save(self.hal.fs, MARKER_FILE, marker)
@@ -135,8 +226,13 @@ class App:
             self._pending_entry = None
             self.log.append(entry)
             self.hal.fs.remove(MARKER_FILE)
+            self.ended_entry = entry
+            self._progress(entry)
 
     def set_program(self, program, limits, user="guest"):
+        """An explicit program (the scenario runner): stored settings no
+        longer choose the program for GO."""
+        self._explicit_program = True
         self._program = (program, limits)
         self._user = user
         self.ctl.set_program(program, limits)
@@ -176,6 +272,8 @@ class App:
             ctl.session is not None and not self._in_session
         ):
             self._book_keep()
+        if self.protocol is not None:
+            self.protocol.poll(now_ms)  # bounded work; never raises
         hal.wdt.feed()  # only a loop that got this far is healthy
 
     def _crashed(self, error):

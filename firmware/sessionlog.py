@@ -86,6 +86,7 @@ class SessionLog:
             entries = entries[-self._max :]
         storage.save(self._fs, LOG_FILE, entries)
         self._entries = entries
+        self.status = storage.OK  # a missing or corrupt log is now replaced
 
     def entries(self):
         """Oldest first, as copies."""
@@ -97,3 +98,4 @@ class SessionLog:
     def clear(self):
         storage.save(self._fs, LOG_FILE, [])
         self._entries = []
+        self.status = storage.OK

@@ -57,10 +57,11 @@ class SettingsError(Exception):
     """code: "bad_type", "out_of_range", "unknown_field", "bad_name",
     "not_found", "exists", "full", "last_user"."""
 
-    def __init__(self, code, message):
+    def __init__(self, code, message, allowed=None):
         super().__init__(code, message)
         self.code = code
         self.message = message
+        self.allowed = allowed  # [min, max] for out_of_range
 
 
 def _is_int(value):
@@ -76,6 +77,7 @@ def check_int(field, value, lo, hi):
         raise SettingsError(
             "out_of_range",
             field + " must be " + str(lo) + ".." + str(hi) + " (got " + str(value) + ")",
+            [lo, hi],
         )
     return value
 

@@ -158,5 +158,12 @@ def sim_run(trace_path, board, angle_deg, hold_s, sets, rest_s, speed_deg_s, max
         view.finish(summary)
 
 
+# Further commands, defined in their own modules, registered onto the groups above.
+from invtable.host import cli_users  # noqa: E402
+from invtable.host.cli_serve import serve as sim_serve  # noqa: E402
+
+cli_users.register(main)
+sim.add_command(sim_serve)
+
 if __name__ == "__main__":
     sys.exit(main())

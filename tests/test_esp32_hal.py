@@ -389,15 +389,15 @@ def test_watchdog_only_starts_when_asked(hal_mod):
     assert hal.wdt.started is False
     hal.wdt.start_watchdog()
     wdt = ms.sim_wdt()
-    assert wdt is not None and wdt.timeout == 1000
+    assert wdt is not None and wdt.timeout == esp32_devkitc.BOARD["wdt_timeout_ms"] == 500
     hal.wdt.start_watchdog()  # idempotent
     assert ms.sim_wdt() is wdt
-    now[0] = 900
+    now[0] = 450
     hal.wdt.feed()
     assert wdt.feeds == 1
-    now[0] = 1800
-    ms.sim_check_wdt()  # fed 900 ms ago: fine
-    now[0] = 2000
+    now[0] = 900
+    ms.sim_check_wdt()  # fed 450 ms ago: fine
+    now[0] = 1000
     with pytest.raises(SystemExit) as info:
         ms.sim_check_wdt()
     assert info.value.cause == ms.WDT_RESET
@@ -508,7 +508,7 @@ def boot(hal_mod, monkeypatch, capsys):
         app_mod = None
         if app:
             app_mod = types.ModuleType("firmware.app")
-            app_mod.run = lambda hal, board: calls.append((hal, board))
+            app_mod.run = lambda hal, board, reset_fault=None: calls.append((hal, board))
         monkeypatch.setitem(sys.modules, "firmware.app", app_mod)
         monkeypatch.setattr(hal_mod, "make_imu", _patched_make_imu(hal_mod))
         if imu and board_module is not None:

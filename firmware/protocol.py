@@ -1,0 +1,547 @@
+"""The serial protocol: JSON lines over ``hal.link`` (contract: docs/protocol.md).
+
+``Protocol.poll(now_ms)`` runs once per control tick, after the control step:
+
+* it reads at most ``BYTES_PER_TICK`` bytes into a preallocated line buffer
+  and handles at most one complete line (request) per tick, so serial input
+  costs the loop a bounded amount of work;
+* a line longer than ``LINE_MAX`` bytes (newline included) is answered with
+  ``line_too_long`` as soon as it overflows and discarded up to its newline;
+* it writes the events (``boot``, ``state``, ``warning``, ``session_end``,
+  ``telemetry``) that became due.
+
+With nothing waiting on the link and telemetry off, ``poll`` allocates nothing
+(one ``read_byte`` and a few attribute compares); the request path may
+allocate (JSON). Any exception while handling a request becomes an
+``internal`` error reply; nothing ever propagates to the control loop.
+
+Validation order for a request: UTF-8, JSON, object, ``id``, ``cmd``, unknown
+and missing fields, argument types, then the ``home`` rule (``busy``), then the
+admin PIN, then the operation itself (``Settings`` checks ranges and names).
+Every check runs before anything changes; ``Settings`` saves atomically and
+only then updates RAM, so an error reply means nothing changed (a wrong PIN
+is counted by ``Auth``, by design).
+"""
+
+import json
+import sys
+
+from .auth import AuthError
+from .compat import const, ticks_diff
+from .controller import HOME
+from .settings import (
+    LIMIT_FIELDS,
+    MAX_USERS,
+    PROGRAM_FIELDS,
+    PROGRESSION_FIELDS,
+    SettingsError,
+)
+
+PROTOCOL_VERSION = 1
+FIRMWARE_VERSION = "0.1.0"
+LINE_MAX = const(512)  # bytes per request line, newline included
+BYTES_PER_TICK = const(64)  # serial bytes read per control tick at most
+ID_MAX = 2147483647
+ID_STR_MAX = 16
+TELEMETRY_MAX_HZ = 10
+LOG_READ_MAX = 10
+EPOCH_MIN_S = 946684800  # 2000-01-01: anything earlier is a host without a clock
+EPOCH_MAX_S = 4102444800  # 2100-01-01
+
+_NL = const(10)
+_CR = const(13)
+
+# Argument kinds.
+_INT = "int"
+_STR = "str"
+
+# cmd -> (handler name, required {field: kind}, optional {field: kind}, home, admin)
+_NO_ARGS = {}
+
+
+def _int_fields(table):
+    out = {}
+    for field in table:
+        out[field[0]] = _INT
+    return out
+
+
+_COMMANDS = {
+    "info": ("_cmd_info", _NO_ARGS, _NO_ARGS, False, False),
+    "status": ("_cmd_status", _NO_ARGS, _NO_ARGS, False, False),
+    "stop": ("_cmd_stop", _NO_ARGS, _NO_ARGS, False, False),
+    "telemetry": ("_cmd_telemetry", {"rate_hz": _INT}, _NO_ARGS, False, False),
+    "user.list": ("_cmd_user_list", _NO_ARGS, _NO_ARGS, False, False),
+    "user.get": ("_cmd_user_get", {"name": _STR}, _NO_ARGS, False, False),
+    "user.create": ("_cmd_user_create", {"name": _STR, "pin": _STR}, _NO_ARGS, True, True),
+    "user.delete": ("_cmd_user_delete", {"name": _STR, "pin": _STR}, _NO_ARGS, True, True),
+    "user.select": ("_cmd_user_select", {"name": _STR}, _NO_ARGS, True, False),
+    "program.set": (
+        "_cmd_program_set",
+        {"name": _STR},
+        _int_fields(PROGRAM_FIELDS),
+        True,
+        False,
+    ),
+    "limits.set": (
+        "_cmd_limits_set",
+        {"name": _STR, "pin": _STR},
+        _int_fields(LIMIT_FIELDS),
+        True,
+        True,
+    ),
+    "progression.set": (
+        "_cmd_progression_set",
+        {"name": _STR, "pin": _STR},
+        _int_fields(PROGRESSION_FIELDS),
+        True,
+        True,
+    ),
+    "pin.change": ("_cmd_pin_change", {"pin": _STR, "new_pin": _STR}, _NO_ARGS, True, True),
+    "log.read": ("_cmd_log_read", _NO_ARGS, {"start": _INT, "count": _INT}, False, False),
+    "log.clear": ("_cmd_log_clear", {"pin": _STR}, _NO_ARGS, True, True),
+    "clock.set": ("_cmd_clock_set", {"epoch_s": _INT}, _NO_ARGS, False, False),
+}
+COMMANDS = tuple(sorted(_COMMANDS))
+
+
+class ProtocolError(Exception):
+    """A refused request: stable ``code``, human ``message``, extra members."""
+
+    def __init__(self, code, message, details=None):
+        super().__init__(code, message)
+        self.code = code
+        self.message = message
+        self.details = details
+
+
+def _is_int(value):
+    # bool is an int in CPython: never accept it as a number.
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def _check_range(field, value, lo, hi):
+    if value < lo or value > hi:
+        raise ProtocolError(
+            "out_of_range",
+            "%s must be %d..%d (got %d)" % (field, lo, hi, value),
+            {"allowed": [lo, hi]},
+        )
+    return value
+
+
+def utf8_valid(buf, n):
+    """True if buf[0:n] is well-formed UTF-8 (no overlongs, surrogates or
+    code points above U+10FFFF). Allocation-free; portable (MicroPython's
+    decoder does not check everything)."""
+    i = 0
+    while i < n:
+        b = buf[i]
+        if b < 0x80:
+            i += 1
+            continue
+        if 0xC2 <= b <= 0xDF:
+            need = 1
+            lo = 0x80
+            hi = 0xBF
+        elif 0xE0 <= b <= 0xEF:
+            need = 2
+            lo = 0xA0 if b == 0xE0 else 0x80
+            hi = 0x9F if b == 0xED else 0xBF
+        elif 0xF0 <= b <= 0xF4:
+            need = 3
+            lo = 0x90 if b == 0xF0 else 0x80
+            hi = 0x8F if b == 0xF4 else 0xBF
+        else:
+            return False
+        if i + need >= n:
+            return False  # truncated sequence
+        c = buf[i + 1]
+        if c < lo or c > hi:
+            return False
+        for k in range(2, need + 1):
+            c = buf[i + k]
+            if c < 0x80 or c > 0xBF:
+                return False
+        i += need + 1
+    return True
+
+
+class Protocol:
+    def __init__(self, app):
+        self.app = app
+        self.link = app.hal.link
+        self._buf = bytearray(LINE_MAX)
+        self._n = 0  # bytes of the current line in _buf
+        self._discarding = False  # inside an over-long line, until its newline
+        self._boot_sent = False
+        self._last_state = None
+        self._last_warnings = 0
+        self._last_warning = None
+        self._rate_hz = 0
+        self._period_ms = 0
+        self._last_tele_ms = 0
+        self.requests = 0  # requests handled (for tests and benchmarks)
+
+    # ------------------------------------------------------------------ poll
+    def poll(self, now_ms):
+        """One tick of the protocol. Never raises (except BaseException such
+        as the simulator's PowerLoss)."""
+        try:
+            if not self._boot_sent:
+                self._boot_sent = True
+                self._send_boot()
+            self._events(now_ms)
+            self._read(now_ms)
+        except Exception as error:  # noqa: BLE001 - never into the control loop
+            try:
+                self.app.last_error = "protocol: %s: %s" % (type(error).__name__, error)
+            except Exception:  # noqa: BLE001
+                pass
+
+    def _read(self, now_ms):
+        link = self.link
+        buf = self._buf
+        for _ in range(BYTES_PER_TICK):
+            b = link.read_byte()
+            if b < 0:
+                return
+            if b == _NL:
+                n = self._n
+                self._n = 0
+                if self._discarding:
+                    self._discarding = False
+                    continue
+                if n > 0 and buf[n - 1] == _CR:
+                    n -= 1
+                if n == 0:
+                    continue  # empty lines are ignored
+                self._handle_line(n, now_ms)
+                return  # at most one request per tick
+            if self._discarding:
+                continue
+            if self._n >= LINE_MAX - 1:
+                # This line is longer than LINE_MAX with its newline.
+                self._discarding = True
+                self._n = 0
+                self._send_error(None, "line_too_long", "line exceeds %d bytes" % LINE_MAX)
+                continue
+            buf[self._n] = b
+            self._n += 1
+
+    # -------------------------------------------------------------- requests
+    def _handle_line(self, n, now_ms):
+        self.requests += 1
+        req_id = None
+        try:
+            if not utf8_valid(self._buf, n):
+                raise ProtocolError("bad_utf8", "the line is not valid UTF-8")
+            text = bytes(self._buf[:n]).decode()
+            try:
+                req = json.loads(text)
+            except Exception:  # ValueError on both interpreters
+                raise ProtocolError("bad_json", "the line is not valid JSON") from None
+            if not isinstance(req, dict):
+                raise ProtocolError("not_object", "a request must be a JSON object")
+            if "id" in req:
+                rid = req["id"]
+                int_ok = _is_int(rid) and 0 <= rid <= ID_MAX
+                if int_ok or (isinstance(rid, str) and len(rid) <= ID_STR_MAX):
+                    req_id = rid
+                else:
+                    raise ProtocolError(
+                        "bad_id",
+                        "id must be an integer 0..%d or a string of at most %d characters"
+                        % (ID_MAX, ID_STR_MAX),
+                    )
+            cmd = req.get("cmd")
+            if not isinstance(cmd, str):
+                raise ProtocolError("not_object", "a request needs a cmd string")
+            spec = _COMMANDS.get(cmd)
+            if spec is None:
+                raise ProtocolError("unknown_cmd", "no command %s" % _short(cmd))
+            data = self._dispatch(cmd, spec, req, now_ms)
+        except ProtocolError as error:
+            self._send_error(req_id, error.code, error.message, error.details)
+            return
+        except SettingsError as error:
+            details = None
+            if error.allowed is not None:
+                details = {"allowed": error.allowed}
+            self._send_error(req_id, error.code, error.message, details)
+            return
+        except AuthError as error:
+            details = {"retry_after_ms": error.retry_after_ms}
+            if error.attempts_left is not None:
+                details["attempts_left"] = error.attempts_left
+            self._send_error(req_id, error.code, error.message, details)
+            return
+        except OSError as error:
+            self._send_error(req_id, "storage_error", "flash write failed: %s" % (error,))
+            return
+        except Exception as error:  # noqa: BLE001 - a bug: report it, keep running
+            message = "%s: %s" % (type(error).__name__, error)
+            self.app.last_error = "protocol: " + message
+            self._send_error(req_id, "internal", message)
+            return
+        self._send({"id": req_id, "ok": True, "data": data})
+
+    def _dispatch(self, cmd, spec, req, now_ms):
+        handler, required, optional, home_only, admin = spec
+        args = {}
+        for key in req:
+            if key == "id" or key == "cmd":
+                continue
+            if key not in required and key not in optional:
+                raise ProtocolError("unknown_field", "%s takes no argument %s" % (cmd, _short(key)))
+        for key in required:
+            if key not in req:
+                raise ProtocolError("missing_field", "%s needs %s" % (cmd, key))
+        for key in req:
+            if key == "id" or key == "cmd":
+                continue
+            kind = required.get(key) or optional.get(key)
+            value = req[key]
+            if kind == _INT and not _is_int(value):
+                raise ProtocolError("bad_type", "%s must be an integer" % key)
+            if kind == _STR and not isinstance(value, str):
+                raise ProtocolError("bad_type", "%s must be a string" % key)
+            args[key] = value
+        if home_only:
+            self._require_home()
+        if admin and cmd != "pin.change":
+            self.app.auth.check(args.pop("pin"), now_ms)
+        return getattr(self, handler)(args, now_ms)
+
+    def _require_home(self):
+        ctl = self.app.ctl
+        if ctl.state != HOME or ctl.session is not None:
+            state = ctl.state
+            where = state if ctl.session is None else state + " (session open)"
+            raise ProtocolError(
+                "busy",
+                "the table is in %s: settings change only at HOME with no session" % where,
+                {"state": state},
+            )
+
+    # -------------------------------------------------------------- commands
+    def _cmd_info(self, args, now_ms):
+        board = self.app.board
+        return {
+            "firmware": FIRMWARE_VERSION,
+            "protocol": PROTOCOL_VERSION,
+            "board": board.get("name"),
+            "chip": board.get("chip"),
+            "micropython": _micropython_version(),
+            "caps": {
+                "max_angle_mdeg": board["max_angle_mdeg"],
+                "max_speed_mdeg_s": board["max_speed_mdeg_s"],
+            },
+            "max_users": MAX_USERS,
+            "line_max": LINE_MAX,
+        }
+
+    def _cmd_status(self, args, now_ms):
+        return self.app.status()
+
+    def _cmd_stop(self, args, now_ms):
+        ctl = self.app.ctl
+        ctl.remote_stop()
+        return {"state": ctl.state}
+
+    def _cmd_telemetry(self, args, now_ms):
+        rate = _check_range("rate_hz", args["rate_hz"], 0, TELEMETRY_MAX_HZ)
+        self._rate_hz = rate
+        if rate:
+            self._period_ms = 1000 // rate
+            # The first telemetry line goes out on the next tick.
+            self._last_tele_ms = now_ms - self._period_ms
+        return {"rate_hz": rate}
+
+    def _user_data(self, user):
+        settings = self.app.settings
+        return {
+            "name": user["name"],
+            "limits": user["limits"],
+            "program": user["program"],
+            "progression": user["progression"],
+            "active": user["name"] == settings.active_name(),
+        }
+
+    def _cmd_user_list(self, args, now_ms):
+        settings = self.app.settings
+        active = settings.active_name()
+        users = []
+        for name in settings.list_users():
+            users.append({"name": name, "active": name == active})
+        return {"users": users, "max_users": MAX_USERS}
+
+    def _cmd_user_get(self, args, now_ms):
+        return self._user_data(self.app.settings.get_user(args["name"]))
+
+    def _cmd_user_create(self, args, now_ms):
+        user = self.app.settings.create_user(args["name"])
+        self.app.settings_changed()
+        return self._user_data(user)
+
+    def _cmd_user_delete(self, args, now_ms):
+        self.app.settings.delete_user(args["name"])
+        self.app.settings_changed()
+        return {}
+
+    def _cmd_user_select(self, args, now_ms):
+        settings = self.app.settings
+        settings.select_user(args["name"])
+        self.app.settings_changed()
+        return {"active": settings.active_name()}
+
+    def _cmd_program_set(self, args, now_ms):
+        settings = self.app.settings
+        name = args.pop("name")
+        if args:
+            user = settings.set_program(name, **args)
+            self.app.settings_changed()
+        else:
+            user = settings.get_user(name)  # nothing to change: no flash write
+        return {"program": user["program"]}
+
+    def _cmd_limits_set(self, args, now_ms):
+        settings = self.app.settings
+        name = args.pop("name")
+        if args:
+            user = settings.set_limits(name, **args)
+            self.app.settings_changed()
+        else:
+            user = settings.get_user(name)
+        return {"limits": user["limits"], "program": user["program"]}
+
+    def _cmd_progression_set(self, args, now_ms):
+        settings = self.app.settings
+        name = args.pop("name")
+        if args:
+            user = settings.set_progression(name, **args)
+            self.app.settings_changed()
+        else:
+            user = settings.get_user(name)
+        return {"progression": user["progression"]}
+
+    def _cmd_pin_change(self, args, now_ms):
+        # Auth.change refuses a bad new PIN first (no attempt used), then
+        # checks the current one like any admin command.
+        self.app.auth.change(args["pin"], args["new_pin"], now_ms)
+        return {}
+
+    def _cmd_log_read(self, args, now_ms):
+        start = args.get("start", 0)
+        count = args.get("count", LOG_READ_MAX)
+        _check_range("start", start, 0, ID_MAX)
+        _check_range("count", count, 1, LOG_READ_MAX)
+        log = self.app.log
+        entries = log.entries()
+        return {
+            "entries": entries[start : start + count],
+            "total": len(entries),
+            "status": log.status,
+        }
+
+    def _cmd_log_clear(self, args, now_ms):
+        self.app.log.clear()
+        return {}
+
+    def _cmd_clock_set(self, args, now_ms):
+        epoch_s = _check_range("epoch_s", args["epoch_s"], EPOCH_MIN_S, EPOCH_MAX_S)
+        self.app.set_clock(epoch_s)
+        return {"epoch_s": epoch_s}
+
+    # ---------------------------------------------------------------- events
+    def _send_boot(self):
+        app = self.app
+        self._send(
+            {
+                "event": "boot",
+                "firmware": FIRMWARE_VERSION,
+                "protocol": PROTOCOL_VERSION,
+                "board": app.board.get("name"),
+                "reset_fault": app.reset_fault,
+                "settings_status": app.settings_status,
+                "interrupted": app.interrupted,
+            }
+        )
+
+    def _events(self, now_ms):
+        app = self.app
+        ctl = app.ctl
+        state = ctl.state
+        if state is not self._last_state and state != self._last_state:
+            self._send(
+                {
+                    "event": "state",
+                    "state": state,
+                    "from": self._last_state,
+                    "fault": ctl.fault,
+                    "t_ms": app.uptime_ms,
+                }
+            )
+            self._last_state = state
+        warning = ctl.warning
+        if ctl.warnings != self._last_warnings or warning is not self._last_warning:
+            self._last_warnings = ctl.warnings
+            self._last_warning = warning
+            if warning is not None:
+                self._send({"event": "warning", "code": warning, "t_ms": app.uptime_ms})
+        if app.ended_entry is not None:
+            entry = app.ended_entry
+            app.ended_entry = None
+            event = dict(entry)
+            event["event"] = "session_end"
+            self._send(event)
+        if self._rate_hz and ticks_diff(now_ms, self._last_tele_ms) >= self._period_ms:
+            self._last_tele_ms = now_ms
+            self._send_telemetry()
+
+    def _send_telemetry(self):
+        app = self.app
+        ctl = app.ctl
+        session = ctl.session
+        remaining = None
+        if session is not None:
+            remaining = session.max_inverted_ms - ctl.inverted_ms
+            if remaining < 0:
+                remaining = 0
+        self._send(
+            {
+                "event": "telemetry",
+                "t_ms": app.uptime_ms,
+                "state": ctl.state,
+                "angle_mdeg": ctl.angle_mdeg,
+                "target_mdeg": ctl.profile.pos_mdeg,
+                "inverted_ms": ctl.inverted_ms,
+                "remaining_ms": remaining,
+                "sets_done": ctl.sets_done,
+                "fault": ctl.fault,
+            }
+        )
+
+    # ---------------------------------------------------------------- output
+    def _send_error(self, req_id, code, message, details=None):
+        error = {"code": code, "message": message}
+        if details:
+            for key in details:
+                error[key] = details[key]
+        self._send({"id": req_id, "ok": False, "error": error})
+
+    def _send(self, obj):
+        self.link.write((json.dumps(obj) + "\n").encode())
+
+
+def _short(value):
+    """A user-supplied string for a message, shortened."""
+    text = repr(value)
+    return text if len(text) <= 40 else text[:37] + "..."
+
+
+def _micropython_version():
+    impl = sys.implementation
+    if impl.name != "micropython":
+        return None  # CPython: the simulator
+    return "%d.%d.%d" % (impl.version[0], impl.version[1], impl.version[2])

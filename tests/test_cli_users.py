@@ -1,0 +1,450 @@
+"""The board commands of `invtable` (host/cli_users.py).
+
+Two layers: fast tests against a fake board on a pty (tests/fake_board.py),
+then end to end through `invtable sim serve` (the real firmware on the
+simulated table behind a real pty)."""
+
+import contextlib
+import csv
+import json
+import os
+import selectors
+import subprocess
+import sys
+import threading
+import time
+
+import click
+import pytest
+from click.testing import CliRunner
+from fake_board import FakeBoard
+
+from invtable.host import cli_users
+
+pytestmark = pytest.mark.timeout(60)
+
+
+def _group():
+    """The real `invtable` group if the board commands are wired in, else a copy."""
+    from invtable.host.cli import main
+
+    if "status" in main.commands:
+        return main
+
+    @click.group()
+    def group():
+        pass
+
+    cli_users.register(group)
+    return group
+
+
+CLI = _group()
+
+
+@pytest.fixture
+def board():
+    fake = FakeBoard(pin="1234")
+    yield fake
+    fake.close()
+
+
+@pytest.fixture
+def run(board):
+    runner = CliRunner()
+
+    def invoke(*args, input=None, env=None, port=board.path):
+        args = list(args)
+        if port:
+            args += ["--port", port]
+        return runner.invoke(CLI, args, input=input, env=env, catch_exceptions=False)
+
+    return invoke
+
+
+# -- fake board ------------------------------------------------------------
+def test_status_and_info_are_human_and_json(run):
+    result = run("status")
+    assert result.exit_code == 0
+    assert "HOME" in result.output and "-60.0 deg" in result.output
+    data = json.loads(run("status", "--json").output)
+    assert data["angle_mdeg"] == -60000
+    result = run("info")
+    assert "60 deg" in result.output and "8 deg/s" in result.output
+
+
+def test_user_lifecycle(run, board):
+    result = run("user", "create", "ana", "--pin", "1234", input="y\n")
+    assert result.exit_code == 0, result.output
+    assert "consult a doctor" in result.output
+    assert "glaucoma" in result.output and "pregnancy" in result.output
+    assert "ana" in board.users
+    assert "ana" in run("user", "list").output
+    assert "1 min" in run("user", "show", "ana").output
+    assert run("user", "select", "ana").exit_code == 0
+    assert board.active == "ana"
+    result = run("user", "delete", "ana", "--pin", "1234", "--yes")
+    assert result.exit_code == 0 and "ana" not in board.users
+
+
+def test_user_create_needs_confirmation(run, board):
+    result = run("user", "create", "bob", "--pin", "1234", input="n\n")
+    assert result.exit_code == 1
+    assert "bob" not in board.users
+    assert not [r for r in board.requests if r["cmd"] == "user.create"]
+
+
+def test_user_create_json_keeps_stdout_clean(run):
+    result = run("user", "create", "cy", "--pin", "1234", "--yes", "--json")
+    assert result.exit_code == 0
+    assert json.loads(result.stdout)["name"] == "cy"
+    assert "consult a doctor" in result.stderr
+
+
+def test_units_are_converted(run, board):
+    result = run("limits", "set", "guest", "--max-angle", "45", "--max-inverted", "150",
+                 "--max-speed", "4.5", "--pin", "1234")
+    assert result.exit_code == 0, result.output
+    req = board.requests[-1]
+    assert req["cmd"] == "limits.set"
+    assert (req["max_angle_mdeg"], req["max_inverted_ms"], req["max_speed_mdeg_s"]) == (
+        45000, 150000, 4500)
+    assert "(was 30 deg)" in result.output
+    result = run("program", "set", "guest", "--angle", "25.5", "--hold", "90", "--sets", "1")
+    assert result.exit_code == 0, result.output
+    req = board.requests[-1]
+    assert (req["angle_mdeg"], req["hold_ms"], req["sets"]) == (25500, 90000, 1)
+    result = run("progression", "set", "guest", "--angle-step", "2", "--hold-step", "10",
+                 "--pin", "1234")
+    assert result.exit_code == 0
+    assert board.requests[-1]["angle_step_mdeg"] == 2000
+
+
+def test_out_of_range_shows_the_allowed_range_in_degrees(run):
+    result = run("program", "set", "guest", "--angle", "45")
+    assert result.exit_code == cli_users.EXIT_REFUSED
+    assert "--angle" in result.stderr and "1..30 deg" in result.stderr
+    assert "got 45 deg" in result.stderr
+    result = run("program", "set", "guest", "--angle", "45", "--json")
+    error = json.loads(result.stdout)["error"]
+    assert error["code"] == "out_of_range" and error["allowed"] == [1000, 30000]
+    assert error["exit_code"] == cli_users.EXIT_REFUSED
+
+
+def test_wrong_pin_shows_attempts_left_then_locked(run):
+    result = run("log", "clear", "--yes", "--pin", "9999")
+    assert result.exit_code == cli_users.EXIT_PIN
+    assert "2 attempts left" in result.stderr
+    run("log", "clear", "--yes", "--pin", "9999")
+    result = run("log", "clear", "--yes", "--pin", "9999")
+    assert "locked for 30 s" in result.stderr
+    run("log", "clear", "--yes", "--pin", "9999")
+    run("log", "clear", "--yes", "--pin", "9999")
+    result = run("log", "clear", "--yes", "--pin", "1234")
+    assert result.exit_code == cli_users.EXIT_PIN
+    assert "try again in 1 min 30 s" in result.stderr
+
+
+def test_pin_from_env_prompt_or_usage_error(run, board, monkeypatch):
+    result = run("log", "clear", "--yes", env={"INVTABLE_PIN": "1234"})
+    assert result.exit_code == 0 and board.log == []
+    result = run("log", "clear", "--yes")  # no terminal, no PIN
+    assert result.exit_code == 2 and "INVTABLE_PIN" in result.output
+    monkeypatch.setattr(cli_users, "_stdin_is_tty", lambda: True)
+    result = run("log", "clear", "--yes", input="1234\n")
+    assert result.exit_code == 0
+    assert "1234" not in result.output  # hidden input
+    result = run("log", "clear", "--yes", "--pin", "12ab")
+    assert result.exit_code == 2  # checked before it could cost an attempt
+    assert board.fails == 0
+
+
+def test_pin_change(run, board):
+    result = run("pin", "change", "--pin", "1234", "--new-pin", "5678")
+    assert result.exit_code == 0 and board.pin == "5678"
+    result = run("pin", "change", "--pin", "5678", "--new-pin", "0000")
+    assert result.exit_code == cli_users.EXIT_REFUSED and "factory default" in result.stderr
+
+
+def test_busy_names_the_state(run, board):
+    board.state = "HOLD"
+    result = run("user", "select", "guest")
+    assert result.exit_code == cli_users.EXIT_REFUSED
+    assert "HOLD" in result.stderr and "stop" in result.stderr
+    assert run("stop").exit_code == 0 and board.state == "RETURN"
+
+
+def test_not_found_and_nothing_to_change(run):
+    result = run("user", "show", "nobody")
+    assert result.exit_code == cli_users.EXIT_REFUSED and "user list" in result.stderr
+    assert run("program", "set", "guest").exit_code == 2
+
+
+def test_no_board_and_busy_port_exit_3(run, board, tmp_path, monkeypatch):
+    result = run("status", port=str(tmp_path / "ttyUSB7"))
+    assert result.exit_code == cli_users.EXIT_CONNECTION and "no such port" in result.stderr
+    monkeypatch.setattr("serial.tools.list_ports.comports", lambda: [])
+    monkeypatch.delenv("INVTABLE_PORT", raising=False)
+    result = run("status", "--json", port=None)
+    assert result.exit_code == cli_users.EXIT_CONNECTION
+    assert json.loads(result.stdout)["error"]["code"] == "no_board"
+    from invtable.host.client import Client
+
+    with Client(board.path):
+        result = run("status")
+    assert result.exit_code == cli_users.EXIT_CONNECTION and "busy" in result.stderr
+    board.silent = True
+    result = run("status", "--timeout", "0.3")
+    assert result.exit_code == cli_users.EXIT_CONNECTION and "no reply" in result.stderr
+
+
+def test_log_pages_through_the_board(run, board):
+    result = run("log")
+    assert result.exit_code == 0 and "12 sessions" in result.output
+    data = json.loads(run("log", "--json").output)
+    assert len(data["entries"]) == 12
+    starts = [r["start"] for r in board.requests if r["cmd"] == "log.read"]
+    assert starts[-2:] == [0, 10]
+
+
+def test_clock_set_defaults_to_now_or_parses(run, board):
+    before = int(time.time())
+    assert run("clock", "set").exit_code == 0
+    assert before <= board.epoch_s <= int(time.time()) + 1
+    assert run("clock", "set", "2025-03-01T09:30:00+00:00").exit_code == 0
+    assert board.epoch_s == 1740821400
+    assert run("clock", "set", "yesterday").exit_code == 2
+
+
+def test_telemetry_and_monitor_record(run, board, tmp_path):
+    assert run("telemetry", "0").exit_code == 0
+    record = tmp_path / "rec.csv"
+    result = run("monitor", "--duration", "0.8", "--rate", "10", "--record", str(record))
+    assert result.exit_code == 0, result.output
+    assert "angle" in result.output and "-60.0 deg" in result.output
+    rows = list(csv.DictReader(record.open()))
+    assert len(rows) >= 3 and rows[0]["angle_deg"] == "-60.0"
+    assert board.rate_hz == 0  # turned off again
+    result = run("monitor", "--once")
+    assert result.exit_code == 0 and "HOME" in result.output
+    lines = run("monitor", "--duration", "0.5", "--json").output.splitlines()
+    assert json.loads(lines[0])["event"] == "telemetry"
+
+
+def test_plot_progress_and_trace(run, board, tmp_path):
+    png = tmp_path / "progress.png"
+    result = run("plot", "--out", str(png))
+    assert result.exit_code == 0, result.output
+    assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    trace = tmp_path / "rec.csv"
+    with trace.open("w", newline="") as f:
+        writer = csv.writer(f)
+        writer.writerow(cli_users.RECORD_COLUMNS)
+        for i in range(20):
+            writer.writerow([i * 0.2, i * 200, "RAMP", -60 + i, 0, 0, "", 0, ""])
+    result = run("plot", "--trace", str(trace), "--json", port=None)
+    assert result.exit_code == 0
+    assert json.loads(result.output)["png"] == str(tmp_path / "rec.png")
+    assert (tmp_path / "rec.png").exists()
+    board.log = []
+    assert run("plot", "--out", str(png)).exit_code == 1
+
+
+def test_plot_reads_a_sim_run_trace(tmp_path):
+    from invtable.host.cli import main
+
+    trace = tmp_path / "sim.csv"
+    result = CliRunner().invoke(main, ["sim", "run", "--hold", "10", "--json",
+                                       "--trace", str(trace)])
+    assert result.exit_code == 0, result.output
+    result = CliRunner().invoke(CLI, ["plot", "--trace", str(trace), "--out",
+                                      str(tmp_path / "sim.png")])
+    assert result.exit_code == 0, result.output
+    assert (tmp_path / "sim.png").stat().st_size > 1000
+
+
+# -- end to end through `invtable sim serve` ---------------------------------
+def _serve_available():
+    try:
+        from invtable.hal_sim import serve  # noqa: F401
+        from invtable.host import cli_serve  # noqa: F401
+    except ImportError:
+        return False
+    return True
+
+
+class SimServe:
+    """`invtable sim serve` in a subprocess: its pty path, stdin and stdout notes."""
+
+    def __init__(self, state_dir, speed):
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", "invtable.host.cli_serve", "--state-dir", str(state_dir),
+             "--speed", str(speed)],
+            stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+            bufsize=1)
+        sel = selectors.DefaultSelector()
+        sel.register(self.proc.stdout, selectors.EVENT_READ)
+        if not sel.select(timeout=15):
+            self.close()
+            raise RuntimeError("sim serve printed no device path")
+        self.path = self.proc.stdout.readline().strip()
+        if not self.path.startswith("/dev/"):
+            self.close()
+            raise RuntimeError(f"sim serve said {self.path!r}: {self.proc.stderr.read()}")
+        self.notes = []
+        self._reader = threading.Thread(target=self._read, daemon=True)
+        self._reader.start()
+
+    def _read(self):
+        for line in self.proc.stdout:
+            self.notes.append(line.rstrip())
+
+    def press(self, what):
+        self.proc.stdin.write(what + "\n")
+        self.proc.stdin.flush()
+
+    def close(self):
+        if self.proc.poll() is None:
+            try:
+                self.press("quit")
+                self.proc.wait(5)
+            except (OSError, subprocess.TimeoutExpired):
+                self.proc.kill()
+                self.proc.wait(5)
+        for stream in (self.proc.stdin, self.proc.stdout, self.proc.stderr):
+            with contextlib.suppress(OSError):
+                stream.close()
+
+
+@pytest.fixture(scope="module")
+def sim(tmp_path_factory):
+    if not _serve_available():
+        pytest.skip("`invtable sim serve` (host/cli_serve.py, hal_sim/serve.py) not available")
+    server = SimServe(tmp_path_factory.mktemp("flash"), speed=20)
+    yield server
+    server.close()
+
+
+@pytest.fixture
+def real(sim):
+    runner = CliRunner()
+
+    def invoke(*args, input=None):
+        return runner.invoke(CLI, [*args, "--port", sim.path], input=input,
+                             catch_exceptions=False)
+
+    # Wait for the firmware to boot and reach HOME.
+    deadline = time.monotonic() + 15
+    while True:
+        result = invoke("status", "--json")
+        if result.exit_code == 0 and json.loads(result.stdout)["state"] == "HOME":
+            break
+        assert time.monotonic() < deadline, result.output
+        time.sleep(0.2)
+    return invoke
+
+
+def test_e2e_every_command(real, tmp_path):
+    info = json.loads(real("info", "--json").stdout)
+    assert info["protocol"] == 1
+    assert real("info").exit_code == 0
+    assert real("status").exit_code == 0
+    assert real("clock", "set").exit_code == 0
+    result = real("user", "create", "ana", "--pin", "0000", "--yes")
+    assert result.exit_code == 0, result.output
+    assert "consult a doctor" in result.output
+    assert "ana" in real("user", "list").output
+    result = real("limits", "set", "ana", "--max-angle", "40", "--max-inverted", "150",
+                  "--pin", "0000")
+    assert result.exit_code == 0, result.output
+    assert "40 deg" in result.output
+    result = real("program", "set", "ana", "--angle", "35", "--hold", "60")
+    assert result.exit_code == 0, result.output
+    result = real("progression", "set", "ana", "--angle-step", "2", "--pin", "0000")
+    assert result.exit_code == 0, result.output
+    shown = json.loads(real("user", "show", "ana", "--json").stdout)
+    assert shown["limits"]["max_angle_mdeg"] == 40000
+    assert shown["program"]["angle_mdeg"] == 35000
+    assert shown["progression"]["angle_step_mdeg"] == 2000
+    assert real("user", "select", "ana").exit_code == 0
+    assert json.loads(real("status", "--json").stdout)["user"] == "ana"
+    assert real("telemetry", "2").exit_code == 0
+    assert real("telemetry", "0").exit_code == 0
+    assert real("monitor", "--once").exit_code == 0
+    assert real("log").exit_code == 0
+    assert real("stop").exit_code == 0  # always accepted, even at home
+    result = real("user", "create", "tmp", "--pin", "0000", "--yes")
+    assert result.exit_code == 0
+    assert real("user", "delete", "tmp", "--pin", "0000", "--yes").exit_code == 0
+    assert real("user", "select", "guest").exit_code == 0
+
+
+def test_e2e_wrong_pin_and_out_of_range(real):
+    result = real("limits", "set", "guest", "--max-angle", "40", "--pin", "1111")
+    assert result.exit_code == cli_users.EXIT_PIN
+    assert "attempts left" in result.stderr
+    # A right PIN resets the count (so the next tests are not locked out).
+    result = real("limits", "set", "guest", "--max-angle", "30", "--pin", "0000")
+    assert result.exit_code == 0, result.output
+    result = real("program", "set", "guest", "--angle", "45")
+    assert result.exit_code == cli_users.EXIT_REFUSED
+    assert "--angle" in result.stderr and "1..30 deg" in result.stderr
+    result = real("limits", "set", "guest", "--max-speed", "12", "--pin", "0000")
+    assert result.exit_code == cli_users.EXIT_REFUSED
+    assert "--max-speed" in result.stderr and "deg/s" in result.stderr
+
+
+def test_e2e_session_go_then_stop_seen_in_telemetry(real, sim, tmp_path):
+    record = tmp_path / "session.csv"
+    sim.press("go")
+    result = real("monitor", "--duration", "1.5", "--rate", "10", "--record", str(record))
+    assert result.exit_code == 0, result.output
+    states = {row["state"] for row in csv.DictReader(record.open())}
+    assert states & {"WARN", "RAMP", "HOLD"}, states
+    busy = real("user", "select", "guest")
+    assert busy.exit_code == cli_users.EXIT_REFUSED and "busy" in busy.stderr
+    stopped = real("stop", "--json")
+    assert stopped.exit_code == 0
+    # The ramped return, seen by the monitor, ends at home with a "stopped" entry.
+    lines = real("monitor", "--duration", "4", "--rate", "5", "--json").stdout.splitlines()
+    events = [json.loads(line) for line in lines]
+    kinds = {e["event"] for e in events}
+    assert "telemetry" in kinds
+    ends = [e for e in events if e["event"] == "session_end"]
+    deadline = time.monotonic() + 20
+    while not ends and time.monotonic() < deadline:
+        lines = real("monitor", "--duration", "2", "--json").stdout.splitlines()
+        ends = [e for e in map(json.loads, lines) if e["event"] == "session_end"]
+    assert ends and ends[0]["end"] == "stopped", events[-5:]
+    log = json.loads(real("log", "--json").stdout)
+    assert log["entries"][-1]["end"] == "stopped"
+    png = tmp_path / "trace.png"
+    assert real("plot", "--trace", str(record), "--out", str(png)).exit_code == 0
+    assert real("plot", "--out", str(tmp_path / "progress.png")).exit_code == 0
+
+
+def test_e2e_real_process_exit_codes(sim):
+    """`invtable` in a subprocess (the installed command once the lead wires it in)."""
+    from invtable.host.cli import main
+
+    exe = os.path.join(os.path.dirname(sys.executable), "invtable")
+    if "status" in main.commands and os.path.exists(exe):
+        command = [exe]
+    else:
+        command = [sys.executable, "-c",
+                   "from invtable.host.cli import main; from invtable.host import cli_users; "
+                   "cli_users.register(main); main()"]
+    done = subprocess.run([*command, "status", "--json", "--port", sim.path],
+                          capture_output=True, text=True, timeout=20)
+    assert done.returncode == 0, done.stderr
+    assert json.loads(done.stdout)["state"]
+    done = subprocess.run([*command, "status", "--port", sim.path + "-missing"],
+                          capture_output=True, text=True, timeout=20)
+    assert done.returncode == cli_users.EXIT_CONNECTION and "Error:" in done.stderr
+    done = subprocess.run([*command, "user", "delete", "guest", "--yes", "--pin", "4444",
+                           "--port", sim.path], capture_output=True, text=True, timeout=20,
+                          stdin=subprocess.DEVNULL)
+    assert done.returncode == cli_users.EXIT_PIN and "attempts left" in done.stderr
+    done = subprocess.run([*command, "status", "--bogus"], capture_output=True, text=True,
+                          timeout=20)
+    assert done.returncode == 2

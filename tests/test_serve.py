@@ -1,0 +1,218 @@
+"""`invtable sim serve`: the firmware behind a real pseudo-terminal, end to end."""
+
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import threading
+import time
+
+import pytest
+
+serial = pytest.importorskip("serial")
+
+pytestmark = pytest.mark.skipif(not hasattr(os, "openpty"), reason="needs a pty (POSIX)")
+
+ADMIN_PIN = "4821"
+
+
+def _serve_command():
+    """`invtable sim serve` once registered; the module itself until then."""
+    from invtable.host.cli import sim
+
+    exe = shutil.which("invtable", path=os.path.dirname(sys.executable))
+    if "serve" in sim.commands and exe:
+        return [exe, "sim", "serve"]
+    return [sys.executable, "-m", "invtable.host.cli_serve"]
+
+
+class Served:
+    def __init__(self, state_dir, speed=10):
+        cmd = _serve_command() + ["--state-dir", str(state_dir), "--speed", str(speed)]
+        self.proc = subprocess.Popen(
+            cmd,
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+            bufsize=1,
+        )
+        self.path = self.proc.stdout.readline().strip()
+        assert self.path.startswith("/dev/"), (self.path, self.proc.stderr.read())
+        self.notes = []
+        # Keep draining stdout: a full pipe would stall the simulation.
+        threading.Thread(target=self._drain, daemon=True).start()
+        self.port = serial.Serial(self.path, 115200, timeout=0.2)
+        self.events = []
+        self._cursor = 0  # events before it were looked at by wait_event
+        self._partial = b""
+        self._next_id = 1
+
+    def _drain(self):
+        for line in self.proc.stdout:
+            self.notes.append(line.rstrip("\n"))
+
+    def input(self, line):
+        self.proc.stdin.write(line + "\n")
+        self.proc.stdin.flush()
+
+    def _lines(self, timeout_s):
+        deadline = time.monotonic() + timeout_s
+        while time.monotonic() < deadline:
+            self._partial += self.port.readline()  # may time out mid-line
+            if self._partial.endswith(b"\n"):
+                line, self._partial = self._partial, b""
+                yield json.loads(line)
+
+    def request(self, cmd, timeout_s=10, **args):
+        req_id = self._next_id
+        self._next_id += 1
+        self.port.write((json.dumps(dict(args, id=req_id, cmd=cmd)) + "\n").encode())
+        for msg in self._lines(timeout_s):
+            if "event" in msg:
+                self.events.append(msg)
+            elif msg.get("id") == req_id:
+                return msg
+        raise AssertionError(f"no reply to {cmd}")
+
+    def ok(self, cmd, **args):
+        reply = self.request(cmd, **args)
+        assert reply["ok"], reply
+        return reply["data"]
+
+    def skip_events(self):
+        """wait_event looks only at events from now on."""
+        self._cursor = len(self.events)
+
+    def wait_event(self, pred, timeout_s=30):
+        """The next event (after the last one matched) for which pred holds,
+        including those read while waiting for replies."""
+        while self._cursor < len(self.events):
+            msg = self.events[self._cursor]
+            self._cursor += 1
+            if pred(msg):
+                return msg
+        for msg in self._lines(timeout_s):
+            if "event" in msg:
+                self.events.append(msg)
+                self._cursor = len(self.events)
+                if pred(msg):
+                    return msg
+        raise AssertionError(f"event not seen; last: {self.events[-5:]!r}")
+
+    def close(self):
+        self.port.close()
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+        try:
+            rc = self.proc.wait(10)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+            raise
+        return rc
+
+
+@pytest.fixture
+def served(tmp_path):
+    boards = []
+
+    def start(**kw):
+        board = Served(tmp_path / "flash", **kw)
+        boards.append(board)
+        return board
+
+    yield start
+    for board in boards:
+        if board.proc.poll() is None:
+            board.close()
+
+
+def _at_home(board, timeout_s=20):
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        if board.ok("status")["state"] == "HOME":
+            return
+        time.sleep(0.05)
+    raise AssertionError("not at HOME")
+
+
+def test_info_status_go_stop_and_clean_shutdown(served):
+    board = served()
+    info = board.ok("info")
+    assert info["protocol"] == 1 and info["board"] == "esp32_devkitc"
+    _at_home(board)
+    status = board.ok("status")
+    assert status["state"] == "HOME" and status["pin_is_default"] is True
+    assert status["settings_status"] == "defaults_missing"
+
+    assert board.ok("telemetry", rate_hz=10) == {"rate_hz": 10}
+    board.input("go")
+    board.wait_event(
+        lambda e: e["event"] == "telemetry" and e["state"] == "RAMP" and e["angle_mdeg"] > -50000
+    )  # clear of the home switch
+    assert board.ok("stop")["state"] in ("RAMP", "HOLD")
+    board.wait_event(lambda e: e["event"] == "telemetry" and e["state"] == "RETURN")
+    end = board.wait_event(lambda e: e["event"] == "session_end", timeout_s=60)
+    assert end["end"] == "stopped"
+    assert board.ok("status")["state"] == "HOME"
+    board.ok("telemetry", rate_hz=0)
+    assert board.close() == 0
+    assert any("RAMP -> RETURN" in note for note in board.notes)
+
+
+def test_state_dir_keeps_users_across_restarts(served, tmp_path):
+    board = served()
+    _at_home(board)
+    board.ok("pin.change", pin="0000", new_pin=ADMIN_PIN)
+    created = board.ok("user.create", name="ana", pin=ADMIN_PIN)
+    assert created["name"] == "ana"
+    board.ok("user.select", name="ana")
+    assert board.close() == 0
+    assert (tmp_path / "flash" / "settings.json").exists()
+
+    board = served()
+    _at_home(board)
+    assert board.ok("status")["settings_status"] == "ok"
+    users = board.ok("user.list")["users"]
+    assert {"name": "ana", "active": True} in users
+    assert board.ok("status")["pin_is_default"] is False
+    assert board.request("user.delete", name="ana", pin="0000")["error"]["code"] == "bad_pin"
+    assert board.close() == 0
+
+
+def test_power_loss_input_reboots_with_flash_kept(served):
+    board = served(speed=20)
+    _at_home(board)
+    board.ok("pin.change", pin="0000", new_pin=ADMIN_PIN)
+    board.skip_events()  # the first boot event is not the one to wait for
+    board.input("power_loss")
+    boot = board.wait_event(lambda e: e["event"] == "boot")
+    assert boot["interrupted"] is False
+    _at_home(board)
+    assert board.ok("status")["pin_is_default"] is False
+    board.input("quit")
+    assert board.proc.wait(10) == 0
+
+
+def test_dirflash_honours_the_fs_contract(tmp_path):
+    from invtable.firmware import storage
+    from invtable.hal_sim.dirflash import DirFlash
+
+    fs = DirFlash(tmp_path / "flash")
+    assert fs.read_bytes("settings.json") is None
+    fs.write_bytes("a.new", b"one")
+    fs.rename("a.new", "a")
+    fs.write_bytes("a.new", b"two")
+    fs.rename("a.new", "a")  # replaces atomically
+    assert fs.read_bytes("a") == b"two" and fs.names() == ["a"]
+    fs.remove("a")
+    fs.remove("a")  # no error when missing
+    assert fs.read_bytes("a") is None
+    with pytest.raises(OSError):
+        fs.rename("missing", "b")
+    with pytest.raises(OSError):
+        fs.write_bytes("../escape", b"x")
+    storage.save(fs, "s.json", {"k": 1})
+    assert storage.load(DirFlash(tmp_path / "flash"), "s.json") == ({"k": 1}, storage.OK)
