@@ -65,6 +65,8 @@ NEAR_HOME_MDEG = const(4000)  # the estimate agrees with the home switch within 
 HOME_SWITCH_FAR_MDEG = const(15000)  # switch closed this far above home = switch fault
 CREEP_SPEED_MDEG_S = const(1000)  # final approach into the home switch
 HOME_SEEK_MS = const(6000)  # how long to creep for the switch before a fault
+HOMEWARD_MS = const(200)  # driven towards home this long (2 actuator lags) before "home"
+HOME_OPEN_FAULT_MS = const(300)  # switch open at rest at home this long = switch fault
 REST_READY_TIMEOUT_MS = const(300000)  # rest over, no GO within 5 min: session ends
 IMU_ERROR_TICKS = const(3)  # consecutive failed reads = angle lost
 IMU_STUCK_TICKS = const(10)  # identical samples in a row = stuck (real noise never repeats)
@@ -74,6 +76,13 @@ STALL_MIN_EXPECTED_UDEG = const(1500000)  # judge motion only if >= 1.5 deg was 
 OVERLOAD_TICKS = const(2)
 RETRY_PAUSE_MS = const(1000)  # drive off before the single slow retry
 RETRY_CHECK_MS = const(2500)  # the retry must show motion within this
+# The exit pause starts when the table is within this of the pause angle.
+PAUSE_REACHED_MDEG = const(1000)
+# Inverted time is counted from this far below 0 deg (estimator error).
+INVERTED_COUNT_MARGIN_MDEG = const(500)
+# Actuator speed lifting an 80 kg rider at the worst angle, permille of its
+# no-load speed (a lead-screw actuator loses ~15 % under that load).
+LIFT_SPEED_PERMILLE = const(850)
 # Feedback: permille of drive per mdeg of tracking error (1 deg error ->
 # about 2 deg/s of correction on a 12 deg/s actuator).
 _KP_NUM = const(1)
@@ -129,6 +138,8 @@ class Controller:
         self.warning = None  # last refusal or notice, for status and the beeper
         self.end_reason = None  # how the last session ended
         self.session_ended = False  # True for the tick a session ends (for the log)
+        self.warnings = 0  # count of _warn calls, so a repeated warning is seen as new
+        self._remote_stop = False  # STOP requested over the serial line (see remote_stop)
         self.recovering = False  # returning home after a reset, not a session
         self._boot_fault = None
 
@@ -157,7 +168,11 @@ class Controller:
         self._window_ms = 0
         self._expected_udeg = 0
         self._window_start_mdeg = 0
+        self._window_dir = 0  # sign of the drive the current window judges
         self._overload_ticks = 0
+        self._home_open_ms = 0
+        self._homeward_ms = 0
+        self._retry_window_ms = 0
         # fault return
         self._go_home_mode = _GO_HOME_NONE
         self._fault_ms = 0
@@ -165,8 +180,22 @@ class Controller:
 
     # ----------------------------------------------------------------- setup
     def set_program(self, program, limits):
-        """The active user's program and limits, used by the next GO press."""
+        """The active user's program and limits, used by the next GO press.
+
+        ``None`` for either means "no program": GO is then refused with
+        ``go_refused_no_program`` (it used to build a Session from None, which
+        raised inside the tick and latched a crash fault).
+        """
+        if program is None or limits is None:
+            self._pending = None
+            return
         self._pending = (program, limits)
+
+    def remote_stop(self):
+        """STOP from the serial line: the next ``step`` sees it as a STOP press
+        (one sample of the STOP level), so it takes the same debounced,
+        ramped way home as the button."""
+        self._remote_stop = True
 
     @property
     def angle_mdeg(self):
@@ -196,9 +225,11 @@ class Controller:
         self.session_ended = False
 
         self.go.update(inp.go)
-        self.stop.update(inp.stop)
+        self.stop.update(inp.stop or self._remote_stop)
+        self._remote_stop = False
         self.home.update(inp.home)
-        self._overload_ticks = self._overload_ticks + 1 if inp.overload else 0
+        # The driver's over-current flag only means something while it drives.
+        self._overload_ticks = self._overload_ticks + 1 if inp.overload and self.power else 0
         self._sense_angle(inp, dt)
         if self.fault is None:
             self._check_faults(inp, dt)
@@ -252,7 +283,12 @@ class Controller:
         if self.fault is not None or not est.ready:
             return
         if self._overload_ticks >= OVERLOAD_TICKS:
-            self._latch(F_OVERLOAD, _GO_HOME_RETRY)
+            if self.state == RETURN and self._seek_ms > 0 and not self.home.level:
+                # Creeping into the home switch we hit the end stop below it:
+                # the table is home, the switch never closed.
+                self._latch(F_HOME_OPEN, _GO_HOME_NONE)
+            else:
+                self._latch(F_OVERLOAD, _GO_HOME_RETRY)
             return
         if self.home.level and est.angle_mdeg > self.home_angle_mdeg + HOME_SWITCH_FAR_MDEG:
             self._latch(F_HOME_STUCK_CLOSED, _GO_HOME_TRUSTED)
@@ -261,11 +297,28 @@ class Controller:
 
     def _check_stall(self, dt):
         """Driven for a window but the angle moved < 1/4 of what was commanded."""
-        if not self.power or self.home.level:
+        # At the home switch only the drive into it is exempt (the end stop
+        # stops it); a drive away from home that does not move is a stall.
+        if not self.power or (self.home.level and self.drive <= 0):
             self._window_ms = 0
             self._expected_udeg = 0
             self._window_start_mdeg = self.estimator.angle_mdeg
             return
+        direction = 0
+        if self.drive > 0:
+            direction = 1
+        elif self.drive < 0:
+            direction = -1
+        if direction != self._window_dir:
+            # A window must judge one drive direction only: across a reversal
+            # (e.g. braking after STOP) the actuator's lag and the linkage's
+            # play make the table trail the command, and the sum of +/- drive
+            # over such a window falsely looked like a stall (a normal STOP
+            # latched F_STALL, cut the drive while inverted, then crept home).
+            self._window_dir = direction
+            self._window_ms = 0
+            self._expected_udeg = 0
+            self._window_start_mdeg = self.estimator.angle_mdeg
         self._expected_udeg += self.drive * self.actuator_speed_mdeg_s // 1000 * dt
         self._window_ms += dt
         if self._window_ms < STALL_WINDOW_MS:
@@ -285,7 +338,11 @@ class Controller:
         if self.session is None or not self.estimator.ready:
             return
         angle = self.estimator.angle_mdeg
-        if angle > 0:
+        # Count from just below 0 deg: the estimate may read a few tenths low,
+        # and at slow speeds every crossing of 0 deg then under-counted the
+        # true inverted time by hundreds of ms (over several sets this
+        # overran the budget, which the final-return margin does not cover).
+        if angle > -INVERTED_COUNT_MARGIN_MDEG:
             self.inverted_ms += dt
         if angle > self.max_angle_mdeg:
             self.max_angle_mdeg = angle
@@ -297,6 +354,7 @@ class Controller:
 
     def _warn(self, code):
         self.warning = code
+        self.warnings += 1
         self._warning_ms = 0
 
     def _latch(self, code, go_home_mode):
@@ -304,13 +362,20 @@ class Controller:
         self.fault = code
         self._go_home_mode = go_home_mode
         self._fault_ms = 0
-        self._ceiling = self.drive if self.drive > 0 else 0
         if self.session is not None:
             self._end_session(END_FAULT)
         self.recovering = False
-        if go_home_mode == _GO_HOME_RETRY:
+        if go_home_mode == _GO_HOME_TRUSTED:
+            # The angle is still trusted: a controlled (braked) stop, then home.
+            self._ceiling = self.drive if self.drive > 0 else 0
+        else:
+            # Angle unknown, stall or overload: cut the drive now (a fault that
+            # cannot trust the angle must not keep driving head-down).
+            self._ceiling = 0
             self.drive = 0
-            self.power = False
+            if go_home_mode != _GO_HOME_BLIND:
+                self.power = False
+        self._retry_window_ms = 0
         self._enter(FAULT)
 
     def _end_session(self, reason):
@@ -324,6 +389,7 @@ class Controller:
         self._ceiling = self.drive if self.drive > 0 else 0
         self._pause_done = self.session is None or self.session.exit_pause_ms == 0
         self._seek_ms = 0
+        self._homeward_ms = 0
         self._enter(RETURN)
 
     def _arrive_home(self):
@@ -369,8 +435,23 @@ class Controller:
     def _run_home(self):
         self.drive = 0
         self.power = False
+        if self._home_switch_opened():
+            return
         if self.go.pressed:
             self._try_start()
+
+    def _home_switch_opened(self):
+        """At rest at home the switch must stay closed: opening for 300 ms while
+        the angle still says home is a switch (or wiring) fault."""
+        near_home = self.estimator.angle_mdeg <= self.home_angle_mdeg + NEAR_HOME_MDEG
+        if self.home.level or not near_home:
+            self._home_open_ms = 0
+            return False
+        self._home_open_ms += self._dt_ms
+        if self._home_open_ms >= HOME_OPEN_FAULT_MS:
+            self._latch(F_HOME_OPEN, _GO_HOME_NONE)
+            return True
+        return False
 
     def _try_start(self):
         refusal = self._start_refusal()
@@ -420,6 +501,8 @@ class Controller:
     def _run_rest(self):
         self.drive = 0
         self.power = False
+        if self._home_switch_opened():
+            return
         if self.stop.level:
             self._cancel_at_home()
         elif self.go.pressed:
@@ -463,12 +546,23 @@ class Controller:
             pos += braking_distance_mdeg(vel, accel)
         if pos <= 0:
             return total_ms
-        # then accelerate and cruise down to 0 deg
-        total_ms += pos * 1000 // speed + speed * 1000 // (2 * accel)
+        # then accelerate and cruise down to 0 deg. Plan the cruise at the
+        # speed the capped drive really delivers while lifting the rider
+        # (the actuator is up to LIFT_SPEED_PERMILLE of its no-load speed):
+        # at the board's top speed the table trails the reference, and a
+        # plan at the reference speed overran the inverted-time budget.
+        lift_speed = self.drive_cap * self.actuator_speed_mdeg_s // 1000
+        lift_speed = lift_speed * LIFT_SPEED_PERMILLE // 1000
+        if lift_speed < speed:
+            total_ms += pos * 1000 // lift_speed + speed * 1000 // (2 * accel)
+        else:
+            total_ms += pos * 1000 // speed + speed * 1000 // (2 * accel)
         # margin: actuator lag, estimator error (0.5 deg), a late tick
         return total_ms + 300 + 500000 // speed + 2 * self.dt_nominal_ms
 
     def _run_return(self, dt):
+        if self.go.pressed:
+            self._warn("go_refused_returning")
         if self.state == PAUSE:
             self.drive = 0
             self.power = True  # holding position, bridge enabled
@@ -497,7 +591,17 @@ class Controller:
                 self._pause_done = True  # already at or below the pause angle
                 target = self.home_angle_mdeg
         profile = self.profile
-        if profile.at(self.home_angle_mdeg) and target == self.home_angle_mdeg:
+        far = self.estimator.angle_mdeg > self.home_angle_mdeg + NEAR_HOME_MDEG
+        if profile.at(self.home_angle_mdeg) and target == self.home_angle_mdeg and far:
+            # The reference is home but the table trails it (the actuator is
+            # slower lifting the rider; at a low speed cap the gap grows to
+            # degrees): close the gap in closed loop first. The switch seek
+            # below used to start here, creep at 1 deg/s and latch
+            # home_switch_open after 6 s with the table still degrees away.
+            # A table that does not move here is caught by the stall check.
+            self._track(self.drive_cap)
+            self._limit_return_drive()
+        elif profile.at(self.home_angle_mdeg) and target == self.home_angle_mdeg:
             # The reference is home but the switch is not closed: creep on
             # into the switch for a bounded time.
             self._seek_ms += dt
@@ -510,11 +614,24 @@ class Controller:
             self._limit_return_drive()
         else:
             profile.advance(target, speed, self.max_accel_mdeg_s2, dt)
-            if target != self.home_angle_mdeg and profile.at(target):
+            # Pause only once the table itself is near the pause angle: when it
+            # trails the reference (slow lifting under load) the pause used to
+            # start with the reference at -5 deg and the rider still inverted.
+            near = self.estimator.angle_mdeg <= target + PAUSE_REACHED_MDEG
+            if target != self.home_angle_mdeg and profile.at(target) and near:
                 self._enter(PAUSE)
             self._track(self.drive_cap)
             self._limit_return_drive()
-        if self.home.level and self.estimator.angle_mdeg < self.home_angle_mdeg + NEAR_HOME_MDEG:
+        # Home once the switch is closed with the table heading home: a STOP
+        # just after leaving home still has the table coasting up past the
+        # switch edge, where switching off would leave it at rest on the edge.
+        if self.drive < 0:
+            self._homeward_ms += dt
+        else:
+            self._homeward_ms = 0
+        heading_home = self._homeward_ms >= HOMEWARD_MS or profile.at(self.home_angle_mdeg)
+        near_home = self.estimator.angle_mdeg < self.home_angle_mdeg + NEAR_HOME_MDEG
+        if self.home.level and near_home and heading_home:
             self._arrive_home()
 
     def _pause_ms(self):
@@ -546,6 +663,8 @@ class Controller:
     # ------------------------------------------------------------------ fault
     def _run_fault(self, dt):
         self._fault_ms += dt
+        if self.go.pressed:
+            self._warn("go_refused_fault")
         if self.power and self._overload_ticks >= OVERLOAD_TICKS and (
             self._go_home_mode != _GO_HOME_RETRY
         ):
@@ -607,13 +726,17 @@ class Controller:
             self.power = False
             self._retry_start_mdeg = self.estimator.angle_mdeg
             return
-        retry_ms = self._fault_ms - RETRY_PAUSE_MS
-        moved_mdeg = self._retry_start_mdeg - self.estimator.angle_mdeg
-        if self._overload_ticks >= OVERLOAD_TICKS:
-            self._go_home_mode = _GO_HOME_NONE
-        elif retry_ms >= RETRY_CHECK_MS and moved_mdeg < 1000:
-            self._go_home_mode = _GO_HOME_NONE  # no motion: give up, drive off
-        elif self._fault_ms > self.blind_cap_ms:
+        # The retry goes on while every RETRY_CHECK_MS window shows at least
+        # 1 deg of motion towards home, over-current or not: bringing the
+        # rider up matters more than the motor; no motion means give up.
+        self._retry_window_ms += dt
+        if self._retry_window_ms >= RETRY_CHECK_MS:
+            moved_mdeg = self._retry_start_mdeg - self.estimator.angle_mdeg
+            if moved_mdeg < 1000:
+                self._go_home_mode = _GO_HOME_NONE  # no motion: give up, drive off
+            self._retry_window_ms = 0
+            self._retry_start_mdeg = self.estimator.angle_mdeg
+        if self._fault_ms > self.blind_cap_ms:
             self._go_home_mode = _GO_HOME_NONE
         if self._go_home_mode == _GO_HOME_NONE:
             self._drive_off()

@@ -48,6 +48,22 @@ COLUMNS = (
 )
 
 
+def build_hal(table, fs, imu=None):
+    """The firmware's HAL over a SimTable's devices (``imu`` replaces the table's)."""
+    return Hal(
+        clock=table.clock,
+        imu=imu if imu is not None else table.imu,
+        actuator=table.actuator,
+        go=table.go,
+        stop=table.stop,
+        home=table.home,
+        indicator=table.indicator,
+        fs=fs,
+        wdt=table.wdt,
+        link=table.link,
+    )
+
+
 class _CrashingImu:
     """Wraps the IMU so that its next read raises something no HAL should."""
 
@@ -85,18 +101,7 @@ class Scenario:
     # -------------------------------------------------------------- board
     def _boot(self, reset_fault):
         table = self.table
-        hal = Hal(
-            clock=table.clock,
-            imu=self.imu,
-            actuator=table.actuator,
-            go=table.go,
-            stop=table.stop,
-            home=table.home,
-            indicator=table.indicator,
-            fs=self.flash,
-            wdt=table.wdt,
-            link=table.link,
-        )
+        hal = build_hal(table, self.flash, imu=self.imu)
         self.app = App(hal, self.board, reset_fault=reset_fault)
         self.app.set_program(self.program, self.limits)
         table.wdt.reset()

@@ -24,9 +24,9 @@ import time
 import tty
 
 from ..firmware.app import App
-from ..firmware.hal import Hal
 from .dirflash import DirFlash
 from .flash import PowerLoss
+from .scenario import build_hal
 from .table import SimTable
 
 POWER_OFF_MS = 500  # the board stays dark this long after "power_loss"
@@ -79,21 +79,8 @@ class SimBoard:
         return self.app is not None
 
     def _boot(self):
-        t = self.table
-        hal = Hal(
-            clock=t.clock,
-            imu=t.imu,
-            actuator=t.actuator,
-            go=t.go,
-            stop=t.stop,
-            home=t.home,
-            indicator=t.indicator,
-            fs=self.flash,
-            wdt=t.wdt,
-            link=t.link,
-        )
-        self.app = App(hal, self.board)
-        t.wdt.reset()
+        self.app = App(build_hal(self.table, self.flash), self.board)
+        self.table.wdt.reset()
         self.boots += 1
 
     def power_loss(self):

@@ -159,11 +159,13 @@ def sim_run(trace_path, board, angle_deg, hold_s, sets, rest_s, speed_deg_s, max
 
 
 # Further commands, defined in their own modules, registered onto the groups above.
-from invtable.host import cli_users  # noqa: E402
+from invtable.host import cli_board, cli_users  # noqa: E402
 from invtable.host.cli_serve import serve as sim_serve  # noqa: E402
 
 cli_users.register(main)
 sim.add_command(sim_serve)
+sim.add_command(cli_board.sim_board)
+main.add_command(cli_board.deploy)
 
 if __name__ == "__main__":
     sys.exit(main())

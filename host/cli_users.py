@@ -31,6 +31,7 @@ from rich.table import Table
 from rich.text import Text
 
 from invtable.host import client as client_mod
+from invtable.host.simview import STATE_STYLE, STATE_TEXT
 
 EXIT_ERROR = 1
 EXIT_USAGE = 2
@@ -56,28 +57,6 @@ SCREENING = (
     "severe obesity",
 )
 
-STATE_STYLE = {
-    "HOME": "green",
-    "WARN": "yellow",
-    "RAMP": "cyan",
-    "HOLD": "bold cyan",
-    "RETURN": "magenta",
-    "PAUSE": "magenta",
-    "REST": "green",
-    "FAULT": "bold red",
-    "BOOT": "dim",
-}
-STATE_TEXT = {
-    "BOOT": "settling the angle estimate",
-    "HOME": "upright, drive off",
-    "WARN": "GO pressed: warning beeps",
-    "RAMP": "tilting to the target",
-    "HOLD": "holding",
-    "RETURN": "returning home",
-    "PAUSE": "pause near horizontal",
-    "REST": "rest between sets",
-    "FAULT": "fault latched",
-}
 
 # Protocol field -> (command-line option, unit, label). Units: deg (mdeg on the
 # wire), s (ms), deg/s (mdeg/s), or None (a plain count).

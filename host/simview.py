@@ -7,7 +7,7 @@ from rich.table import Table
 T_MS, TRUE, EST, TARGET, SPEED, STATE, DRIVE, FAULT, INVERTED, BEEP = range(10)
 WARNING, EVENT = 12, 13
 
-_STATE_STYLE = {
+STATE_STYLE = {
     "HOME": "green",
     "WARN": "yellow",
     "RAMP": "cyan",
@@ -19,16 +19,16 @@ _STATE_STYLE = {
     "BOOT": "dim",
     "OFF": "red",
 }
-_STATE_TEXT = {
+STATE_TEXT = {
     "BOOT": "settling the angle estimate",
     "HOME": "upright, drive off",
-    "WARN": "GO: warning beeps",
+    "WARN": "GO pressed: warning beeps",
     "RAMP": "tilting to the target",
     "HOLD": "holding",
     "RETURN": "returning home",
     "PAUSE": "pause near horizontal",
     "REST": "rest between sets",
-    "FAULT": "latched",
+    "FAULT": "fault latched",
     "OFF": "no power",
 }
 
@@ -71,8 +71,8 @@ class SessionView:
             self.console.print(f"[dim]{t_ms / 1000:7.1f} s[/]  [bold]event:[/] {row[EVENT]}")
         if state != self._last_state:
             self._last_state = state
-            style = _STATE_STYLE.get(state, "")
-            detail = _STATE_TEXT.get(state, "")
+            style = STATE_STYLE.get(state, "")
+            detail = STATE_TEXT.get(state, "")
             if state == "FAULT" and row[FAULT]:
                 detail += f": {row[FAULT]}"
             self.console.print(

@@ -1,0 +1,459 @@
+"""The MicroPython side of the virtual board (``invtable sim board``).
+
+Runs inside the npm MicroPython (WebAssembly) interpreter, started by
+``host/vboard_node.mjs`` before the REPL opens. ``install(config)`` makes that
+interpreter look like an ESP32 with a table attached:
+
+- ``sys.modules["machine"]`` is ``hal_sim.machine_sim`` wired to a simulated
+  table: ``TablePhysics`` + ``SimImu`` behind an ``MPU6050Model`` on I2C bus 0,
+  the actuator pins' PWM duty (and enable pin) drive the physics, the home
+  switch, GO and STOP pins follow the board file, the current-sense ADC reads
+  high when the actuator pushes into an end stop.
+- The physics advances with the interpreter's own clock (``time.ticks_ms``),
+  lazily: whenever the firmware reads the IMU (first thing in every control
+  tick), the table is stepped by the elapsed real time with the drive the
+  pins have carried since the previous step; then the watchdog is checked.
+- ``time.sleep*`` really sleeps (in Node, with no CPU use) instead of
+  spinning, and raises KeyboardInterrupt when Ctrl-C arrived on the serial
+  line while the interrupt character is enabled (``micropython.kbd_intr``).
+- ``os`` functions and ``open`` re-raise OSError with MicroPython's errno
+  numbers (ENOENT 2, EEXIST 17, ...) instead of Emscripten's (44, 20, ...),
+  which mpremote's file commands rely on.
+
+``vboard_host`` is the JavaScript module the Node runner registers.
+The object returned by ``install`` is reachable on the board as
+``sys.modules["_vboard"]`` (e.g. ``import _vboard; _vboard.table_angle_mdeg()``).
+"""
+
+import builtins
+import json
+import sys
+import time
+
+import micropython
+import vboard_host
+
+from . import machine_sim
+from .imu import SimImu
+from .mpu6050_model import MPU6050Model
+from .physics import TablePhysics
+from .rng import Rng
+
+_TICKS_MAX = (1 << 30) - 1
+_TICKS_HALF = 1 << 29
+# The firmware's clock (machine.ticks_ms) starts 10 s before the 2**30 wrap,
+# as in the CPython simulator, so every virtual-board run crosses it.
+_CLOCK_START_TICKS_MS = (1 << 30) - 10000
+# Longest real-time gap integrated in one physics step: the REPL may sit idle
+# for hours; nothing drives the table meanwhile (see README).
+_MAX_STEP_MS = 2000
+_SENSE_OVERLOAD_UV = 3000000
+_SENSE_IDLE_UV = 150000
+
+# Emscripten's errno numbers (WASI) -> MicroPython's (as on the ESP32 port).
+# 1 and 2 are left alone: MicroPython's own VFS layer raises EPERM (1) and
+# ENOENT (2) with the standard numbers, and Emscripten's E2BIG/EACCES do not
+# occur on its in-memory filesystem.
+_ERRNO_FIX = {
+    6: 11,  # EAGAIN
+    8: 9,  # EBADF
+    10: 16,  # EBUSY
+    20: 17,  # EEXIST
+    28: 22,  # EINVAL
+    29: 5,  # EIO
+    31: 21,  # EISDIR
+    33: 24,  # EMFILE
+    37: 36,  # ENAMETOOLONG
+    43: 19,  # ENODEV
+    44: 2,  # ENOENT
+    48: 12,  # ENOMEM
+    51: 28,  # ENOSPC
+    54: 20,  # ENOTDIR
+    55: 39,  # ENOTEMPTY
+    63: 1,  # EPERM
+    69: 30,  # EROFS
+    75: 18,  # EXDEV
+}
+
+
+def _ticks_diff(end, start):
+    return ((end - start + _TICKS_HALF) & _TICKS_MAX) - _TICKS_HALF
+
+
+def _fixed_oserror(error):
+    code = error.errno if hasattr(error, "errno") else error.args[0]
+    fixed = _ERRNO_FIX.get(code)
+    if fixed is None:
+        return error
+    return OSError(fixed)
+
+
+def _wrap_errno(fn):
+    def wrapped(*args, **kwargs):
+        try:
+            return fn(*args, **kwargs)
+        except OSError as error:
+            fixed = _fixed_oserror(error)
+            if fixed is error:
+                raise
+            raise fixed from None
+
+    return wrapped
+
+
+class _ModuleProxy:
+    """Stands in for a module in sys.modules (this port cannot create modules):
+    every attribute is the real module's, except the overrides."""
+
+    def __init__(self, real, overrides):
+        self._real = real
+        for name, value in overrides.items():
+            setattr(self, name, value)
+
+    def __getattr__(self, name):
+        return getattr(self._real, name)
+
+
+_OS_WRAPPED = (
+    "chdir",
+    "getcwd",
+    "ilistdir",
+    "listdir",
+    "mkdir",
+    "remove",
+    "rename",
+    "rmdir",
+    "stat",
+    "statvfs",
+    "unlink",
+)
+
+
+def _install_errno_fix():
+    import os as real_os
+
+    overrides = {}
+    for name in _OS_WRAPPED:
+        fn = getattr(real_os, name, None)
+        if fn is not None:
+            overrides[name] = _wrap_errno(fn)
+    real_ilistdir = overrides["ilistdir"]
+    real_stat = overrides["stat"]
+
+    def ilistdir(path="."):
+        # This port reports size 0 for every entry; LittleFS on the board
+        # gives the real size (mpremote's `fs ls` shows it).
+        base = path.rstrip("/") + "/" if path not in ("", ".") else ""
+        for entry in real_ilistdir(path):
+            size = 0
+            if entry[1] == 0x8000:
+                try:
+                    size = real_stat(base + entry[0])[6]
+                except OSError:
+                    pass
+            yield (entry[0], entry[1], entry[2], size)
+
+    overrides["ilistdir"] = ilistdir
+    sys.modules["os"] = _ModuleProxy(real_os, overrides)
+    builtins.open = _wrap_errno(builtins.open)
+
+
+# --- time and Ctrl-C ------------------------------------------------------------
+
+
+class _Interrupts:
+    kbd_char = 3  # the REPL enables Ctrl-C while it executes code
+
+
+def _kbd_intr(char):
+    _Interrupts.kbd_char = char
+    vboard_host.set_kbd_intr(char)
+    micropython.kbd_intr(char)
+
+
+def _check_interrupt():
+    if vboard_host.take_interrupt():
+        raise KeyboardInterrupt
+
+
+def _sleep_ms(ms):
+    if ms > 0:
+        vboard_host.sleep_ms(int(ms))
+    _check_interrupt()
+
+
+def _sleep(seconds):
+    _sleep_ms(int(seconds * 1000))
+
+
+def _sleep_us(us):
+    _sleep_ms(us // 1000)
+
+
+def _install_time_and_micropython():
+    real_time = time
+    sys.modules["time"] = _ModuleProxy(
+        real_time, {"sleep": _sleep, "sleep_ms": _sleep_ms, "sleep_us": _sleep_us}
+    )
+    sys.modules["micropython"] = _ModuleProxy(micropython, {"kbd_intr": _kbd_intr})
+
+
+# --- the simulated table --------------------------------------------------------
+
+
+class _ImuSource:
+    """The MPU-6050 model's source: steps the table to now, then reads SimImu."""
+
+    def __init__(self, world):
+        self.world = world
+
+    def read(self, out):
+        self.world.sync()
+        self.world.imu.read(out)
+
+
+class VirtualTable:
+    def __init__(self, board, seed=0, start_angle_deg=None, rider_mass_kg=80.0):
+        self.board = board
+        self.physics = TablePhysics(board, rider_mass_kg, start_angle_deg)
+        self.imu = SimImu(self.physics, board["imu"], Rng(seed))
+        self.mpu = MPU6050Model(_ImuSource(self))
+        self.go_pressed = False
+        self.stop_pressed = False
+        self._last_ms = time.ticks_ms()
+        self._clock_offset = _CLOCK_START_TICKS_MS - self._last_ms
+        self.syncs = 0
+        self.wire()
+
+    # The machine side (again after every reset: sim_clear forgets all pins).
+    def wire(self, reset_cause=machine_sim.PWRON_RESET):
+        machine_sim.sim_clear(self.board.get("chip", "esp32"), reset_cause)
+        imu_cfg = self.board["imu"]
+        machine_sim.sim_i2c_bus(imu_cfg.get("i2c_id", 0)).attach(
+            imu_cfg.get("addr", 0x68), self.mpu
+        )
+        machine_sim.sim_set_ticks(self.ticks_ms)
+        self._last_ms = time.ticks_ms()
+        self._update_pins()
+
+    def ticks_ms(self):
+        """machine.ticks_ms() on the virtual board: the HAL clock and the
+        watchdog's. (It does not step the physics: the watchdog check inside
+        sync() reads it.)"""
+        return (time.ticks_ms() + self._clock_offset) & _TICKS_MAX
+
+    def drive_permille(self):
+        """What the bridge outputs now, from the pins (+ = towards inversion)."""
+        act = self.board["actuator"]
+        fwd = machine_sim.sim_pwm_duty_u16(act["pwm_fwd"]) or 0
+        rev = machine_sim.sim_pwm_duty_u16(act["pwm_rev"]) or 0
+        enable = act.get("enable")
+        if enable is not None and not machine_sim.sim_level(enable):
+            return 0  # BTS7960 with EN low: both half-bridges off
+        # BTS7960: duty on RPWM or LPWM. DRV8871 slow decay: one input held
+        # high, the other low for the on-time; both high or both low = no drive.
+        return (fwd - rev) * 1000 // 65535
+
+    def sync(self):
+        """Step the physics to the interpreter's now with the current drive."""
+        now = time.ticks_ms()
+        dt = _ticks_diff(now, self._last_ms)
+        if dt > 0:
+            self._last_ms = now
+            if dt > _MAX_STEP_MS:
+                dt = _MAX_STEP_MS
+            self.physics.step(dt, self.drive_permille())
+            self.syncs += 1
+            self._update_pins()
+        _check_interrupt()
+        if machine_sim.sim_wdt() is not None:
+            try:
+                machine_sim.sim_check_wdt()
+            except machine_sim.SimReset as reset:
+                _Resets.pending = reset.cause
+                vboard_host.request_reset(reset.cause)
+                raise
+
+    def _update_pins(self):
+        board = self.board
+        phys = self.physics
+        home_closed = phys.angle_deg * 1000 <= board["home_angle_mdeg"] + 1500
+        # Contacts to GND with pull-ups: closed = driven low, open = not driven.
+        machine_sim.sim_set_input(board["home_pin"], 0 if home_closed else None)
+        machine_sim.sim_set_input(board["go_pin"], 0 if self.go_pressed else None)
+        # STOP is normally closed: pressed opens the contact.
+        machine_sim.sim_set_input(board["stop_pin"], None if self.stop_pressed else 0)
+        sense = self.board["actuator"].get("sense_adc")
+        if sense is not None:
+            over = phys.current_high or phys.overload
+            machine_sim.sim_set_adc_uv(sense, _SENSE_OVERLOAD_UV if over else _SENSE_IDLE_UV)
+
+    def press(self, button, pressed=True):
+        """button: 'go' or 'stop'."""
+        if button == "go":
+            self.go_pressed = bool(pressed)
+        elif button == "stop":
+            self.stop_pressed = bool(pressed)
+        else:
+            raise ValueError("button must be 'go' or 'stop'")
+        self._update_pins()
+
+    def table_angle_mdeg(self):
+        self.sync()
+        return int(self.physics.angle_deg * 1000)
+
+    def state(self):
+        """JSON text of what survives a reset (the table does not move)."""
+        p = self.physics
+        return json.dumps(
+            {
+                "angle_deg": p.angle_deg,
+                "actuator_deg": p.actuator_deg,
+            }
+        )
+
+    def restore(self, text):
+        data = json.loads(text)
+        p = self.physics
+        p.angle_deg = data["angle_deg"]
+        p.actuator_deg = data["actuator_deg"]
+        p.velocity_deg_s = 0.0
+        p.actuator_velocity_deg_s = 0.0
+
+
+# --- resets -----------------------------------------------------------------------
+
+
+class _Resets:
+    pending = 0  # reset cause of a machine.reset() / watchdog not yet handled
+
+
+def _patch_machine_resets():
+    hard = machine_sim.reset
+    soft = machine_sim.soft_reset
+
+    # This port's REPL swallows SystemExit (SimReset is one), so the Node side
+    # is told directly and resets the board once the running code has ended.
+    def reset():
+        _Resets.pending = machine_sim.HARD_RESET
+        vboard_host.request_reset(machine_sim.HARD_RESET)
+        hard()
+
+    def soft_reset():
+        _Resets.pending = machine_sim.SOFT_RESET
+        vboard_host.request_reset(machine_sim.SOFT_RESET)
+        soft()
+
+    machine_sim.reset = reset
+    machine_sim.soft_reset = soft_reset
+
+
+class _Board:
+    """Everything install() set up, plus the soft-reset emulation."""
+
+    def __init__(self, table):
+        self.table = table
+        self.keep_modules = None
+        self.keep_main = None
+        self.boots = 0
+
+    def snapshot(self, main_globals):
+        """Remember the interpreter as it is now: what a reset returns to.
+        main_globals: the REPL's globals (``globals()`` at the REPL)."""
+        _Main.globals = main_globals
+        self.keep_modules = set(sys.modules)
+        self.keep_main = set(main_globals)
+
+    def take_reset_cause(self):
+        cause = _Resets.pending
+        _Resets.pending = 0
+        return cause
+
+    def reset(self, cause):
+        """Forget everything loaded since snapshot(), as a reboot would."""
+        _Resets.pending = 0
+        for name in list(sys.modules):
+            if name not in self.keep_modules:
+                del sys.modules[name]
+        main = _main_globals()
+        for name in list(main):
+            if name not in self.keep_main:
+                del main[name]
+        _Interrupts.kbd_char = 3
+        vboard_host.set_kbd_intr(3)
+        self.table.wire(cause)
+
+    def boot(self, run_main):
+        """Run /boot.py and, in the friendly REPL, /main.py, as the port does.
+
+        Returns the reset cause if a script reset the board (machine.reset,
+        watchdog), else 0.
+        """
+        self.boots += 1
+        for name in ("boot.py", "main.py") if run_main else ("boot.py",):
+            cause = _run_file(name)
+            if cause:
+                return cause
+        return 0
+
+
+class _Main:
+    globals = None  # the REPL's globals dict, set by snapshot()
+
+
+def _main_globals():
+    return _Main.globals
+
+
+def _run_file(name):
+    try:
+        with open(name) as f:
+            source = f.read()
+    except OSError:
+        return 0  # no such script: nothing to run
+    vboard_host.set_kbd_intr(3)
+    try:
+        exec(compile(source, name, "exec"), _main_globals())
+    except machine_sim.SimReset as reset:
+        _Resets.pending = 0
+        vboard_host.request_reset(0)
+        return reset.cause
+    except SystemExit:
+        return machine_sim.SOFT_RESET
+    except BaseException as error:  # noqa: BLE001 - printed like the port does
+        sys.print_exception(error)
+    return 0
+
+
+def install(config_json):
+    """Set the interpreter up as the virtual board. config: JSON text with
+    board (the BOARD dict), seed, start_angle_deg (None = home)."""
+    config = json.loads(config_json)
+    _install_errno_fix()
+    _install_time_and_micropython()
+    table = VirtualTable(config["board"], config.get("seed", 0), config.get("start_angle_deg"))
+    _patch_machine_resets()
+    sys.modules["machine"] = machine_sim
+    board = _Board(table)
+    sys.modules["_vboard"] = _VboardApi(board)
+    return board
+
+
+class _VboardApi:
+    """``import _vboard`` on the virtual board: the simulator's controls."""
+
+    def __init__(self, board):
+        self.board = board
+        self.table = board.table
+
+    def table_angle_mdeg(self):
+        return self.table.table_angle_mdeg()
+
+    def press(self, button, pressed=True):
+        self.table.press(button, pressed)
+
+    def drive_permille(self):
+        return self.table.drive_permille()
+
+    def mpu_registers(self):
+        return bytes(self.table.mpu.regs)

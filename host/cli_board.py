@@ -1,0 +1,118 @@
+"""`invtable sim board` and `invtable deploy` (registered in host/cli.py)."""
+
+from __future__ import annotations
+
+import signal
+import sys
+
+import click
+
+from invtable.host.boards import DEFAULT_BOARD, board_names
+
+
+def _known_board(ctx, param, name):
+    if name not in board_names():
+        raise click.BadParameter(
+            f"unknown board {name!r}; known boards: {', '.join(board_names())}",
+            ctx=ctx,
+            param=param,
+        )
+    return name
+
+
+@click.command("board")
+@click.option("--board", default=DEFAULT_BOARD, show_default=True, callback=_known_board,
+              help=f"Board file to simulate ({', '.join(board_names())}).")
+@click.option("--seed", type=int, default=0, show_default=True,
+              help="Seed for the simulated IMU's noise and biases.")
+@click.option("--start-angle", "start_angle_deg", type=float,
+              help="Table angle at power-on, degrees [default: the board's home].")
+def sim_board(board, seed, start_angle_deg):
+    """A virtual board: real MicroPython 1.27 on a serial port, with the table inside.
+
+    Prints the serial device (a pseudo-terminal) as the FIRST line, then runs
+    until Ctrl-C or SIGTERM. Use it as a board on USB, e.g.:
+
+      mpremote connect /dev/pts/N exec "print(1+1)"
+
+      invtable deploy --port /dev/pts/N --force-unverified
+    """
+    from invtable.host import micropython as mpy
+    from invtable.host.vboard import VirtualBoard, VirtualBoardError
+
+    vb = VirtualBoard(board, seed=seed, start_angle_deg=start_angle_deg, log=sys.stderr)
+    try:
+        vb.start()
+    except (VirtualBoardError, mpy.MicroPythonUnavailable) as error:
+        raise click.ClickException(str(error)) from None
+    click.echo(vb.port)
+    sys.stdout.flush()
+    click.echo(
+        f"virtual {board}: MicroPython 1.27 (WebAssembly) with the simulated table; "
+        "Ctrl-C to stop",
+        err=True,
+    )
+
+    def _terminate(signum, frame):
+        raise KeyboardInterrupt
+
+    previous = signal.signal(signal.SIGTERM, _terminate)
+    try:
+        status = vb.wait()
+        raise click.ClickException(f"the virtual board's interpreter exited ({status})")
+    except KeyboardInterrupt:
+        pass
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+        vb.close()
+
+
+@click.command("deploy")
+@click.option("--port", "-p", help="Serial port of the board [default: the first USB "
+              "serial board mpremote finds].")
+@click.option("--board", default=DEFAULT_BOARD, show_default=True,
+              help=f"Board file to install as board.py ({', '.join(board_names())}).")
+@click.option("--force-unverified", is_flag=True,
+              help="Deploy although invtable cannot verify that the table is at home "
+              "(check it yourself: upright, nobody on it).")
+@click.option("--no-reset", is_flag=True, help="Do not reset the board after copying.")
+def deploy(port, board, force_unverified, no_reset):
+    """Compile the firmware and copy what changed to the board (mpremote).
+
+    Checks the board's MicroPython version against mpy-cross (1.27), compiles
+    firmware/*.py to .mpy, copies only files whose sha256 differs, resets the
+    board and checks that the firmware loads. Refuses while the table cannot
+    be verified at home.
+
+    Exit status: 0 ok, 2 unknown board, 3 no board on the port, 4 wrong
+    MicroPython version, 5 table not verified at home, 6 other failures.
+    """
+    from rich.console import Console
+    from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
+
+    from invtable.host.deploy import DeployError
+    from invtable.host.deploy import deploy as run_deploy
+
+    console = Console(stderr=True)
+    try:
+        with Progress(
+            TextColumn("{task.description:<36}"),
+            BarColumn(),
+            TextColumn("{task.completed}/{task.total}"),
+            TimeElapsedColumn(),
+            console=console,
+            transient=True,
+        ) as progress:
+            result = run_deploy(
+                port, board, force_unverified=force_unverified, progress=progress,
+                reset=not no_reset,
+            )
+    except DeployError as error:
+        console.print(f"[red]deploy failed:[/red] {error}")
+        sys.exit(error.exit_code)
+    click.echo(
+        f"deployed {board} to {result.port} (MicroPython {result.micropython}, "
+        f"{result.arch or 'bytecode'}): {len(result.copied)} copied "
+        f"({result.bytes_copied} bytes), {len(result.unchanged)} unchanged, "
+        f"{len(result.removed)} removed, {result.seconds:.1f} s"
+    )

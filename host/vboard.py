@@ -1,0 +1,241 @@
+"""The virtual board: real MicroPython behind a pseudo-terminal, with the table inside.
+
+``VirtualBoard`` starts ``vboard_node.mjs`` (the npm MicroPython 1.27
+WebAssembly interpreter's REPL, with ``hal_sim`` installed as ``machine`` and
+a simulated table behind the pins) and bridges its stdin/stdout to a pty, so
+real serial tools talk to it as to a board on USB::
+
+    with VirtualBoard("esp32_devkitc") as vb:
+        subprocess.run(["mpremote", "connect", vb.port, "exec", "print(1+1)"])
+
+``invtable sim board`` runs one until Ctrl-C. POSIX only (pty).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import errno
+import json
+import os
+import select
+import subprocess
+import threading
+import time
+import tty
+from pathlib import Path
+
+from invtable.host import micropython as mpy
+from invtable.host.boards import DEFAULT_BOARD, load_board
+
+NODE_RUNNER = Path(__file__).with_name("vboard_node.mjs")
+STAGE_DEST = "/tmp/_vboard/hal_sim"  # removed again once imported
+READY_LINE = b"vboard: ready"
+START_TIMEOUT_S = 20.0
+# How long output may wait for a reader of the pty before it is dropped (a
+# UART with nobody listening loses bytes too; a connected client never waits).
+OUTPUT_STALL_S = 1.0
+
+
+class VirtualBoardError(RuntimeError):
+    """The virtual board could not be started or died."""
+
+
+def _hal_sim_dir() -> Path:
+    import invtable.hal_sim as pkg
+
+    return Path(next(iter(pkg.__path__)))
+
+
+class VirtualBoard:
+    """One virtual board. ``port`` is its serial device path once started."""
+
+    def __init__(
+        self,
+        board: str = DEFAULT_BOARD,
+        *,
+        seed: int = 0,
+        start_angle_deg: float | None = None,
+        heap_bytes: int = 8 * 1024 * 1024,
+        log=None,
+    ):
+        self.board_name = board
+        self.board = load_board(board)  # KeyError naming the known boards
+        self.seed = seed
+        self.start_angle_deg = start_angle_deg
+        self.heap_bytes = heap_bytes
+        self.log = log  # a text stream for the interpreter's diagnostics (stderr)
+        self.port: str | None = None
+        self.proc: subprocess.Popen | None = None
+        self._master = -1
+        self._slave = -1
+        self._to_node = -1
+        self._threads: list[threading.Thread] = []
+        self._stop = threading.Event()
+        self._ready = threading.Event()
+        self._stderr_tail: list[str] = []
+
+    # --- life cycle ---------------------------------------------------------------
+
+    def command(self) -> list[str]:
+        node = mpy.node_executable()
+        if node is None:
+            raise mpy.MicroPythonUnavailable("`node` not found on PATH; install Node.js >= 18")
+        pkg = mpy.micropython_package_dir()
+        if pkg is None:
+            raise mpy.MicroPythonUnavailable(
+                f"npm package {mpy.NPM_PACKAGE} is not installed: {mpy.FIX_HINT}"
+            )
+        config = {
+            "board": self.board,
+            "seed": self.seed,
+            "start_angle_deg": self.start_angle_deg,
+        }
+        return [
+            node,
+            str(NODE_RUNNER),
+            "--micropython",
+            str(pkg / "micropython.mjs"),
+            "--heap",
+            str(self.heap_bytes),
+            "--mount",
+            f"{_hal_sim_dir()}:{STAGE_DEST}",
+            "--config",
+            json.dumps(config),
+        ]
+
+    def start(self) -> VirtualBoard:
+        cmd = self.command()
+        self._master, self._slave = os.openpty()
+        tty.setraw(self._slave)  # no echo, no line editing: a plain serial line
+        os.set_blocking(self._master, False)
+        read_end, self._to_node = os.pipe()
+        os.set_blocking(read_end, False)  # the Node side polls it
+        try:
+            self.proc = subprocess.Popen(
+                cmd,
+                stdin=read_end,
+                stdout=subprocess.PIPE,
+                stderr=subprocess.PIPE,
+                start_new_session=True,  # Ctrl-C in a terminal goes to us, not node
+            )
+        finally:
+            os.close(read_end)
+        self.port = os.ttyname(self._slave)
+        for target in (self._pump_input, self._pump_output, self._pump_stderr):
+            thread = threading.Thread(target=target, daemon=True, name=target.__name__)
+            thread.start()
+            self._threads.append(thread)
+        deadline = time.monotonic() + START_TIMEOUT_S
+        while not self._ready.wait(0.05):
+            if self.proc.poll() is not None or time.monotonic() > deadline:
+                tail = "".join(self._stderr_tail[-20:])
+                self.close()
+                raise VirtualBoardError(f"the virtual board did not start:\n{tail}")
+        return self
+
+    def close(self) -> None:
+        self._stop.set()
+        proc = self.proc
+        if proc is not None and proc.poll() is None:
+            proc.terminate()
+            try:
+                proc.wait(5)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait()
+        for fd_name in ("_to_node", "_master", "_slave"):
+            fd = getattr(self, fd_name)
+            if fd >= 0:
+                with contextlib.suppress(OSError):
+                    os.close(fd)
+                setattr(self, fd_name, -1)
+        for thread in self._threads:
+            thread.join(2)
+        self._threads = []
+        if proc is not None:
+            for stream in (proc.stdout, proc.stderr):
+                if stream is not None:
+                    stream.close()
+
+    def __enter__(self) -> VirtualBoard:
+        return self.start()
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+    def alive(self) -> bool:
+        return self.proc is not None and self.proc.poll() is None
+
+    def wait(self) -> int:
+        """Until the interpreter exits; its exit status."""
+        assert self.proc is not None
+        return self.proc.wait()
+
+    # --- the bridge -----------------------------------------------------------------
+
+    def _pump_input(self) -> None:
+        """pty (what the serial client writes) -> node's stdin."""
+        while not self._stop.is_set():
+            try:
+                ready, _, _ = select.select([self._master], [], [], 0.1)
+                if not ready:
+                    continue
+                data = os.read(self._master, 4096)
+            except OSError as error:
+                if error.errno in (errno.EAGAIN, errno.EINTR):
+                    continue
+                return  # EIO: the pty is gone
+            if not data:
+                return
+            try:
+                while data:
+                    data = data[os.write(self._to_node, data) :]
+            except OSError:
+                return
+
+    def _pump_output(self) -> None:
+        """node's stdout (the board's serial output) -> pty."""
+        assert self.proc is not None and self.proc.stdout is not None
+        out = self.proc.stdout.fileno()
+        while not self._stop.is_set():
+            try:
+                data = os.read(out, 65536)
+            except OSError:
+                return
+            if not data:
+                return
+            self._write_master(data)
+
+    def _write_master(self, data: bytes) -> None:
+        view = memoryview(data)
+        stalled_since = None
+        while view and not self._stop.is_set():
+            try:
+                n = os.write(self._master, view)
+                view = view[n:]
+                stalled_since = None
+            except BlockingIOError:
+                now = time.monotonic()
+                if stalled_since is None:
+                    stalled_since = now
+                elif now - stalled_since > OUTPUT_STALL_S:
+                    return  # nobody reads the port: drop, as a UART would
+                time.sleep(0.005)
+            except OSError:
+                return
+
+    def _pump_stderr(self) -> None:
+        assert self.proc is not None and self.proc.stderr is not None
+        for line in self.proc.stderr:
+            if not self._ready.is_set() and line.strip() == READY_LINE:
+                self._ready.set()
+                continue
+            text = line.decode("utf-8", "replace")
+            self._stderr_tail.append(text)
+            del self._stderr_tail[:-50]
+            if self.log is not None:
+                try:
+                    self.log.write(text)
+                    self.log.flush()
+                except (OSError, ValueError):
+                    pass
