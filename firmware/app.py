@@ -9,11 +9,11 @@ last-resort routine with no estimator drives slowly to the home switch.
 """
 
 from . import storage
-from .auth import Auth
+from .auth import AUTH_FILE, Auth
 from .compat import const, ticks_diff
 from .controller import END_COMPLETED, F_CRASH, HOME, Controller, Inputs
-from .sessionlog import SessionLog
-from .settings import DEFAULTS_CORRUPT, Settings
+from .sessionlog import LOG_FILE, SessionLog
+from .settings import DEFAULTS_CORRUPT, SETTINGS_FILE, Settings
 
 # Written when a session starts, removed when its log entry is written: if it
 # is found at boot, a reset or power loss interrupted that session.
@@ -49,6 +49,21 @@ def random_bytes(n, ticks_ms=None):
     return out[:n]
 
 
+# Every file the firmware saves with storage.save (write .new, then rename).
+_SAVED_FILES = (SETTINGS_FILE, AUTH_FILE, LOG_FILE, MARKER_FILE)
+
+
+def _interrupted_writes(fs):
+    found = []
+    for name in _SAVED_FILES:
+        try:
+            if fs.read_bytes(name + storage.TMP_SUFFIX) is not None:
+                found.append(name)
+        except OSError:
+            pass
+    return found
+
+
 class App:
     def __init__(self, hal, board, reset_fault=None):
         self.hal = hal
@@ -75,6 +90,10 @@ class App:
         self._uptime_s_at_set = 0  # ...at this uptime
         self._session_start_s = None
         self.ended_entry = None  # the last log entry written, for the session_end event
+        # Before anything loads (loading clears them): files whose last save
+        # was cut by a power loss. The old copies are intact and used; the
+        # lost change is reported in the boot event and in status.
+        self.interrupted_writes = _interrupted_writes(hal.fs)
         self.log = SessionLog(hal.fs)
         self.interrupted = self._record_interrupted_session()
         self.settings = None
@@ -115,6 +134,7 @@ class App:
             "pin_is_default": self.auth.pin_is_default if self.auth is not None else None,
             "settings_status": self.settings_status,
             "log_status": self.log.status,
+            "interrupted_writes": self.interrupted_writes,
         }
 
     # -------------------------------------------------------------- settings

@@ -465,6 +465,7 @@ class Protocol:
                 "reset_fault": app.reset_fault,
                 "settings_status": app.settings_status,
                 "interrupted": app.interrupted,
+                "interrupted_writes": app.interrupted_writes,
             }
         )
 

@@ -17,6 +17,7 @@ class Rng:
         state = (seed * 2654435761 + 0x6D2B79F5) & _MASK32
         self.state = state or 0x6D2B79F5
         self._spare_gauss = None
+        self._normal_table = None
         for _ in range(4):  # warm up: the first outputs of close seeds correlate
             self.next_u32()
 
@@ -49,6 +50,17 @@ class Rng:
         else:
             self._spare_gauss = None
         return mu + sigma * z
+
+    def normal_table(self):
+        """1024 standard normal deviates drawn once from this stream, for fast
+        noise: index it with the bits of ``next_u32`` draws (10 bits each).
+        Sensor noise needs the shape of the distribution, not fresh log/cos
+        per sample; use ``gauss`` where independent draws matter."""
+        table = self._normal_table
+        if table is None:
+            table = [self.gauss() for _ in range(1024)]
+            self._normal_table = table
+        return table
 
     def randint(self, a, b):
         """Integer in [a, b], both ends included (modulo bias is negligible)."""

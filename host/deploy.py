@@ -444,20 +444,21 @@ def _copy(port, built, changed, stale, manifest_path, step) -> None:
         args += ["+", "fs", "cp", str(built[remote]), ":" + remote]
     args += ["+", "fs", "cp", str(manifest_path), ":" + MANIFEST_PATH]
     cmd = [sys.executable, "-m", "mpremote", *_connect_args(port), *args]
-    proc = subprocess.Popen(
-        cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, bufsize=1
-    )
     remaining = {":" + r: r for r in changed}
     current = None
-    assert proc.stdout is not None
-    for line in proc.stdout:
-        m = re.match(r"cp \S+ (:\S+)", line.strip())
-        if m and m[1] in remaining:
-            if current is not None:
-                step(f"copied {current}")
-            current = remaining.pop(m[1])
-    err = proc.stderr.read() if proc.stderr else ""
-    status = proc.wait(MPREMOTE_TIMEOUT_S)
+    # `with` closes the pipes whatever happens (no leaked file descriptors).
+    with subprocess.Popen(
+        cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, bufsize=1
+    ) as proc:
+        assert proc.stdout is not None
+        for line in proc.stdout:
+            m = re.match(r"cp \S+ (:\S+)", line.strip())
+            if m and m[1] in remaining:
+                if current is not None:
+                    step(f"copied {current}")
+                current = remaining.pop(m[1])
+        err = proc.stderr.read() if proc.stderr else ""
+        status = proc.wait(MPREMOTE_TIMEOUT_S)
     if status != 0:
         raise DeployError(f"copying to the board failed: {err.strip()}")
     if current is not None:

@@ -683,3 +683,58 @@ def test_random_sessions_with_random_faults(case):
     # 3. Every run ends in HOME or FAULT, drive off.
     assert summary["final_state"] in ("HOME", "FAULT"), summary
     assert rows[-1][DRIVE] == 0 and summary["drive_off"]
+
+
+# ------------------------------------------------------------ torn flash write
+def _run_until(sim, condition, limit_ms):
+    rows = []
+    while not condition():
+        sim.tick()
+        rows.append(sim.row())
+        assert sim.now_ms < limit_ms, f"condition not reached by {limit_ms} ms"
+    return rows
+
+
+def test_torn_marker_write_at_go_reboots_before_any_motion():
+    # The first flash write of a session is its marker, at GO (table at home):
+    # power lost there reboots the board before the table has moved.
+    from invtable.hal_sim import scenario
+
+    program = dict(PROGRAM, angle_mdeg=20000, hold_ms=5000, exit_pause_ms=0)
+    sim = scenario.Scenario(BOARD, program, LIMITS, seed=3)
+    _run_until(sim, lambda: sim.app.ctl.state == "HOME", 5_000)
+    sim.inject("torn_write")
+    sim.inject("go")
+    rows = _run_until(sim, lambda: sim.boots == 2, 10_000)
+    assert max(row[TRUE] for row in rows) <= HOME + 1.5
+    _run_until(sim, lambda: sim.app.ctl.state == "HOME", 20_000)
+    app = sim.app
+    assert app.interrupted_writes == ["session.json"]
+    assert app.status()["interrupted_writes"] == ["session.json"]
+    assert app.ctl.fault is None and app.log.entries() == []
+    # The board works normally afterwards: the next session is logged.
+    sim.inject("go")
+    _run_until(sim, lambda: len(app.log.entries()) == 1, 200_000)
+    assert app.log.entries()[0]["end"] == "completed"
+
+
+def test_torn_log_write_at_the_end_of_a_session_is_recovered_and_reported():
+    # Armed during HOLD, the tear hits the session's log entry, written once
+    # the table is home with the drive off: the board reboots at home, the
+    # session is logged as interrupted and the cut write is reported.
+    from invtable.hal_sim import scenario
+
+    program = dict(PROGRAM, angle_mdeg=20000, hold_ms=5000, exit_pause_ms=0)
+    sim = scenario.Scenario(BOARD, program, LIMITS, seed=4)
+    _run_until(sim, lambda: sim.app.ctl.state == "HOME", 5_000)
+    sim.inject("go")
+    _run_until(sim, lambda: sim.app.ctl.state == "HOLD", 60_000)
+    sim.inject("torn_write")
+    rows = _run_until(sim, lambda: sim.boots == 2, 120_000)
+    assert rows[-2][STATE] == "HOME" or rows[-2][STATE] == "OFF"
+    _run_until(sim, lambda: sim.app.ctl.state == "HOME", 140_000)
+    app = sim.app
+    assert app.interrupted_writes == ["sessions.json"]
+    (entry,) = app.log.entries()
+    assert entry["end"] == "interrupted"
+    assert sim.table.physics.angle_deg <= HOME + 1.5

@@ -888,6 +888,10 @@ def test_torn_settings_save_then_reboot_keeps_settings_and_log(at_byte, admin):
     rig.boot()
     rig.home()
     assert rig.app.settings_status == "ok"
+    # The lost change is reported (the cut file exists even at 0 bytes).
+    expected = ["auth.json" if admin else "settings.json"]
+    assert rig.app.interrupted_writes == expected
+    assert rig.app.status()["interrupted_writes"] == expected
     assert rig.app.log.entries() == old[4]
     assert rig.app.settings.get_user("guest") == old[1][0]
     assert rig.app.settings.list_users() == ["guest"]
