@@ -59,7 +59,7 @@ F_CRASH = "crash"  # an exception in the control loop
 F_WATCHDOG = "watchdog"  # the loop hung and the watchdog reset the board
 
 WARN_MS = const(2000)  # audible warning between GO and the first motion
-BOOT_SETTLE_MS = const(600)  # estimator settling after power-up
+BOOT_SETTLE_MS = const(600)  # covers the estimator's start-up averaging (fusion)
 EXIT_PAUSE_ANGLE_MDEG = const(-5000)  # "near horizontal", head slightly up
 NEAR_HOME_MDEG = const(4000)  # the estimate agrees with the home switch within this
 HOME_SWITCH_FAR_MDEG = const(15000)  # switch closed this far above home = switch fault
@@ -416,7 +416,7 @@ class Controller:
     def _run_boot(self):
         self.drive = 0
         self.power = False
-        if self._state_ms < BOOT_SETTLE_MS or not self.estimator.ready:
+        if self._state_ms < BOOT_SETTLE_MS or not self.estimator.settled:
             return
         angle = self.estimator.angle_mdeg
         self.profile.reset(angle)

@@ -15,12 +15,17 @@ from .compat import const
 # interpolation (error < 0.002 deg), so no floats are used per tick.
 _ATAN_MDEG = tuple(int(math.atan(k / 64) * 180000 / math.pi + 0.5) for k in range(65))
 
-# Correction gain 1/32 per tick: at 50 Hz a time constant of ~0.6 s, which
-# averages accelerometer noise ~8x while following the table with no lag
+# Correction gain 1/64 per tick: at 50 Hz a time constant of ~1.3 s, which
+# averages accelerometer noise ~11x while following the table with no lag
 # (the gyro carries the motion).
-_CORR_SHIFT = const(5)
+_CORR_SHIFT = const(6)
 # Integral gain for the gyro bias: near-critical damping with the gain above.
-_BIAS_SHIFT = const(21)
+_BIAS_SHIFT = const(23)
+# Start-up: the gain begins at 1/2 and halves every few samples down to
+# 1/64, so the first, noisy sample is averaged out within 0.5 s (50 Hz)
+# instead of decaying with the slow time constant.
+_START_SHIFT = const(1)
+_SAMPLES_PER_SHIFT = const(5)
 # An accelerometer angle this far from the prediction is not gravity: a
 # spike, a knock or a bad read. It is ignored for that tick.
 SPIKE_MDEG = const(8000)
@@ -96,6 +101,13 @@ class AngleEstimator:
         self.ready = False
         self.rejected_in_row = 0  # consecutive samples rejected as implausible
         self.last_rate_mdeg_s = 0
+        self._shift = _START_SHIFT
+        self._samples_at_shift = 0
+
+    @property
+    def settled(self):
+        """The start-up averaging is over: the estimate has its full accuracy."""
+        return self.ready and self._shift == _CORR_SHIFT
 
     @property
     def angle_mdeg(self):
@@ -106,6 +118,8 @@ class AngleEstimator:
         self.angle_udeg = self.mounting.accel_angle_mdeg(raw) * 1000
         self.ready = True
         self.rejected_in_row = 0
+        self._shift = _START_SHIFT
+        self._samples_at_shift = 0
 
     def predict(self, dt_ms):
         """Advance without a sample (a missed read): coast on the last good rate."""
@@ -125,14 +139,22 @@ class AngleEstimator:
         self.angle_udeg += self.last_rate_mdeg_s * dt_ms
         innovation_udeg = self.mounting.accel_angle_mdeg(raw) * 1000 - self.angle_udeg
         if -SPIKE_MDEG * 1000 < innovation_udeg < SPIKE_MDEG * 1000:
-            self.angle_udeg += innovation_udeg >> _CORR_SHIFT
-            # Integral term: a persistent innovation means the gyro reads
-            # high (or low) by a bias; learn it, with a remainder so small
-            # errors still count.
-            self._bias_acc -= innovation_udeg * dt_ms
-            step = self._bias_acc >> _BIAS_SHIFT
-            self._bias_acc -= step << _BIAS_SHIFT
-            self.bias_mdeg_s += step
+            shift = self._shift
+            self.angle_udeg += innovation_udeg >> shift
+            if shift < _CORR_SHIFT:
+                self._samples_at_shift += 1
+                if self._samples_at_shift >= _SAMPLES_PER_SHIFT:
+                    self._shift = shift + 1
+                    self._samples_at_shift = 0
+            else:
+                # Integral term (only once settled, so the start-up transient
+                # is not learnt as bias): a persistent innovation means the
+                # gyro reads high (or low) by a bias; learn it, with a
+                # remainder so small errors still count.
+                self._bias_acc -= innovation_udeg * dt_ms
+                step = self._bias_acc >> _BIAS_SHIFT
+                self._bias_acc -= step << _BIAS_SHIFT
+                self.bias_mdeg_s += step
         else:
             rejected = True
         if rejected:

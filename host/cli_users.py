@@ -986,7 +986,9 @@ def read_trace(path):
     if "angle_true_deg" in columns:  # sim run --trace
         t_key, angle_key, t_scale, label = "t_ms", "angle_true_deg", 1000, "true angle"
     elif "angle_deg" in columns:  # monitor --record
-        t_key, angle_key, t_scale, label = "t_s", "angle_deg", 1, "angle"
+        # The board's own clock (t_ms), not the host's: it is the table's time
+        # even when a simulated board runs faster than real time.
+        t_key, angle_key, t_scale, label = "t_ms", "angle_deg", 1000, "angle"
     else:
         raise Failure(f"{path}: not a trace (expected the columns of `invtable sim run --trace` "
                       "or `invtable monitor --record`)")
@@ -998,6 +1000,8 @@ def read_trace(path):
             return float("nan")
 
     t = [num(r[t_key]) / t_scale for r in rows]
+    t0 = t[0]
+    t = [value - t0 for value in t]
     return t, [num(r[angle_key]) for r in rows], [num(r.get("target_deg")) for r in rows], label
 
 

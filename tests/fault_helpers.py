@@ -30,6 +30,8 @@ no drive away from home after a fault, "brake" form
     tick, and once <= 0 it never becomes positive again.
 """
 
+from invtable.boards.esp32_devkitc import BOARD
+from invtable.firmware import controller
 from invtable.hal_sim import scenario
 
 COL = {name: i for i, name in enumerate(scenario.COLUMNS)}
@@ -63,13 +65,13 @@ FAULT_CODES = (
 UNTRUSTED_ANGLE_CODES = ("imu_lost", "imu_stuck", "imu_implausible")
 
 # Documented firmware / simulator figures (see the module docstring).
-BOOT_SETTLE_MS = 600  # controller.BOOT_SETTLE_MS
-RETRY_PAUSE_MS = 1000  # controller.RETRY_PAUSE_MS: drive off before the retry
-RETRY_CHECK_MS = 2500  # controller.RETRY_CHECK_MS: the retry must show motion
-STALL_WINDOW_MS = 1000  # controller.STALL_WINDOW_MS
-HOME_SEEK_MS = 6000  # controller.HOME_SEEK_MS: creep into the switch
-HOME_SWITCH_FAR_DEG = 15.0  # controller.HOME_SWITCH_FAR_MDEG
-WATCHDOG_MS = scenario.WATCHDOG_MS  # 500 ms, the board's hardware watchdog
+BOOT_SETTLE_MS = controller.BOOT_SETTLE_MS  # estimator start-up after a boot
+RETRY_PAUSE_MS = controller.RETRY_PAUSE_MS  # drive off before the retry
+RETRY_CHECK_MS = controller.RETRY_CHECK_MS  # the retry must show motion
+STALL_WINDOW_MS = controller.STALL_WINDOW_MS
+HOME_SEEK_MS = controller.HOME_SEEK_MS  # creep into the switch
+HOME_SWITCH_FAR_DEG = controller.HOME_SWITCH_FAR_MDEG / 1000
+WATCHDOG_MS = BOARD["wdt_timeout_ms"]  # 500 ms, the board's hardware watchdog
 POWER_OFF_MS = scenario.POWER_OFF_MS  # 500 ms dark after a power loss
 HOME_SWITCH_TOLERANCE_DEG = 1.5  # hal_sim SimHomeSwitch: closed within 1.5 deg of home
 LOW_STOP_BELOW_HOME_DEG = 1.0  # hal_sim physics: end stop 1 deg past home

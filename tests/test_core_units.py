@@ -275,6 +275,23 @@ def test_estimator_first_sample_sets_angle():
     assert abs(est.angle_mdeg - -60000) <= 80
 
 
+def test_estimator_start_up_averages_out_a_bad_first_sample():
+    # The first sample is 3 deg off (one noisy reading). The start-up gain
+    # schedule (1/2 halving to 1/64) must pull the estimate in within the
+    # controller's BOOT time, and only then report itself settled.
+    from invtable.firmware.controller import BOOT_SETTLE_MS
+
+    est = make_estimator()
+    feed(est, 3, 0, 1)
+    ticks = BOOT_SETTLE_MS // DT_MS
+    for i in range(ticks - 1):
+        assert not est.settled or i >= 20, "settled before the start-up schedule ran"
+        feed(est, 0, 0, 1)
+    assert est.settled
+    assert abs(est.angle_mdeg) < 100
+    assert est.bias_mdeg_s == 0  # the start-up transient is not learnt as gyro bias
+
+
 @pytest.mark.parametrize("imu", MOUNTINGS[:3])
 def test_estimator_converges_to_static_angle(imu):
     # Start 3 deg off (a bad first sample), then clean samples: the PI filter
