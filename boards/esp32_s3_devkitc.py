@@ -36,8 +36,8 @@ BOARD = {
     "actuator_lag_ms": 100,  # time constant of the actuator's response to drive
     "recovery_speed_mdeg_s": 2000,  # slow return when the angle is not trusted
     # A hung loop keeps the last drive command until the watchdog resets the
-    # chip: at 10 deg/s, 1 s is at most 10 degrees of unwanted travel.
-    "wdt_timeout_ms": 1000,
+    # chip: at the 10 deg/s cap, 500 ms is at most 5 degrees of unwanted travel.
+    "wdt_timeout_ms": 500,
     "imu": {
         "type": "mpu6050",
         "i2c_id": 0,

@@ -334,16 +334,19 @@ class App:
         hal.wdt.feed()
 
 
-def run(hal, board, app=None, reset_fault=None):
+def run(hal, board, app=None, reset_fault=None, time_module=None, ticks=None):
     """The board's main loop: one tick per control period, forever.
 
     The watchdog starts after the first healthy tick (it cannot be stopped
     once started). Ctrl-C on the serial line is honoured only at HOME with no
     session open, so maintenance access (mpremote) can never interrupt a
-    rider's return.
+    rider's return. ``time_module`` and ``ticks`` (a tick count; None =
+    forever, without a counter that could outgrow a small int) let the tests
+    run this very loop on a simulated clock.
     """
-    import time
-
+    if time_module is None:
+        import time as time_module
+    time = time_module
     period_ms = 1000 // board["control_hz"]
     if app is None:
         app = App(hal, board, reset_fault=reset_fault)
@@ -351,7 +354,9 @@ def run(hal, board, app=None, reset_fault=None):
     interrupt_allowed = None
     watchdog_started = False
     next_ms = time.ticks_ms()
-    while True:
+    while ticks is None or ticks > 0:
+        if ticks is not None:
+            ticks -= 1
         app.tick()
         if not watchdog_started and hasattr(hal.wdt, "start_watchdog"):
             hal.wdt.start_watchdog()
@@ -366,3 +371,4 @@ def run(hal, board, app=None, reset_fault=None):
             time.sleep_ms(wait_ms)
         else:
             next_ms = time.ticks_ms()  # late: do not try to catch up in a burst
+    return app
