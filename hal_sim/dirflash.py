@@ -8,12 +8,20 @@ the board's LittleFS. CPython only (the simulator's serve loop).
 
 import os
 
+from .flash import PowerLoss
+
 
 class DirFlash:
     def __init__(self, path):
         self.path = os.path.abspath(path)
         os.makedirs(self.path, exist_ok=True)
         self.writes = 0
+        self._tear_at = None
+
+    def tear_next_write(self, at_byte=None):
+        """The next write stores only its first ``at_byte`` bytes (half if
+        None), then the board loses power (``PowerLoss``), as on SimFlash."""
+        self._tear_at = -1 if at_byte is None else at_byte
 
     def _file(self, name):
         # One flat namespace, like the board's root: no paths, no dot files.
@@ -32,11 +40,18 @@ class DirFlash:
             return None
 
     def write_bytes(self, name, data):
+        data = bytes(data)
+        tear_at = self._tear_at
+        if tear_at is not None:
+            self._tear_at = None
+            data = data[: len(data) // 2 if tear_at < 0 else tear_at]
         with open(self._file(name), "wb") as f:
-            f.write(bytes(data))
+            f.write(data)
             f.flush()
             os.fsync(f.fileno())
         self.writes += 1
+        if tear_at is not None:
+            raise PowerLoss("power lost while writing " + name)
 
     def rename(self, old, new):
         os.replace(self._file(old), self._file(new))

@@ -35,7 +35,7 @@ RX_BACKLOG_MAX = 4096  # bytes waiting for the firmware; more is dropped (UART o
 TX_BACKLOG_MAX = 65536  # bytes waiting for a host that does not read; more is dropped
 LATE_RESYNC_S = 0.25  # fell this far behind real time: carry on, no catch-up burst
 
-BOARD_INPUTS = ("power_loss",)
+BOARD_INPUTS = ("power_loss", "torn_write")
 CONTROL_INPUTS = ("status", "help", "quit")
 INPUTS = SimTable.ACTIONS + BOARD_INPUTS + CONTROL_INPUTS
 
@@ -44,6 +44,7 @@ Physical inputs, one per line on stdin:
   go            tap GO (held 200 ms of sim time); go_down / go_up hold / release it
   stop          tap STOP; stop_down / stop_up hold / release it
   power_loss    the board loses power (RAM lost, flash kept) and boots again
+  torn_write    the board loses power in the middle of its next flash write
   imu_disconnect imu_stuck imu_spike imu_drift stall overload stop_wire_cut
   stop_wire_repair home_switch_fail home_switch_stuck_closed
                 inject that hardware fault (see `invtable sim run --help`)
@@ -96,6 +97,8 @@ class SimBoard:
     def inject(self, action):
         if action == "power_loss":
             self.power_loss()
+        elif action == "torn_write":
+            self.flash.tear_next_write()
         else:
             self.table.inject(action)  # ValueError for an unknown action
 

@@ -57,6 +57,7 @@ def serve(board, state_dir, speed, seed):
       go            tap GO; go_down / go_up hold / release it
       stop          tap STOP; stop_down / stop_up hold / release it
       power_loss    the board loses power (RAM lost, flash kept) and reboots
+      torn_write    the power goes in the middle of the next flash write
       imu_disconnect, imu_stuck, imu_spike, imu_drift, stall, overload,
       stop_wire_cut, stop_wire_repair, home_switch_fail,
       home_switch_stuck_closed

@@ -216,3 +216,86 @@ def test_dirflash_honours_the_fs_contract(tmp_path):
         fs.write_bytes("../escape", b"x")
     storage.save(fs, "s.json", {"k": 1})
     assert storage.load(DirFlash(tmp_path / "flash"), "s.json") == ({"k": 1}, storage.OK)
+
+
+# ---------------------------------------------------- through the real device
+def _settings_snapshot(board):
+    users = board.ok("user.list")["users"]
+    return users, [board.ok("user.get", name=u["name"]) for u in users]
+
+
+def test_fuzz_through_the_device_never_crashes_or_changes_settings(served):
+    from hypothesis import HealthCheck, given, settings
+    from hypothesis import strategies as st
+
+    board = served(speed=20)
+    _at_home(board)
+    long_pin = "73519864"  # 8 digits: beyond what the fuzzer will guess
+    board.ok("pin.change", pin="0000", new_pin=long_pin)
+    before = _settings_snapshot(board)
+    # Real command names that need the PIN or change nothing, so a random
+    # request that happens to be well formed still cannot change settings.
+    commands = st.sampled_from(["info", "status", "user.list", "user.get", "user.create",
+                                "user.delete", "limits.set", "progression.set", "pin.change",
+                                "log.read", "log.clear", "bogus"])
+    values = st.one_of(st.none(), st.booleans(), st.integers(-2**40, 2**40),
+                       st.text(max_size=20), st.lists(st.integers(), max_size=3))
+    requests = st.fixed_dictionaries(
+        {"cmd": commands},
+        optional={"id": values, "name": st.sampled_from(["guest", "x", ""]) | st.text(),
+                  "pin": st.text(alphabet="0123456789", max_size=6),
+                  "max_angle_mdeg": values, "angle_mdeg": values, "junk": values},
+    ).map(lambda d: json.dumps(d).encode())
+    payloads = st.one_of(st.binary(max_size=700), requests)
+
+    @settings(max_examples=60, deadline=None, derandomize=True,
+              suppress_health_check=list(HealthCheck))
+    @given(payload=payloads)
+    def send(payload):
+        board.port.write(payload + b"\n")
+        list(board._lines(0.05))  # let it answer; whatever it says is fine
+
+    send()
+    board.port.reset_input_buffer()
+    # Still alive, still answering, nothing changed, not moved, not locked out.
+    status = board.ok("status")
+    assert status["state"] == "HOME" and status["fault"] is None
+    assert _settings_snapshot(board) == before
+    board.ok("user.create", name="after", pin=long_pin)  # the PIN still works
+    assert board.proc.poll() is None
+
+
+def test_pin_lockout_survives_a_restart_of_the_board(served):
+    board = served(speed=20)
+    _at_home(board)
+    board.ok("pin.change", pin="0000", new_pin=ADMIN_PIN)
+    codes = [board.request("log.clear", pin="1111")["error"]["code"] for _ in range(3)]
+    assert codes[:2] == ["bad_pin", "bad_pin"] and codes[2] in ("bad_pin", "locked")
+    error = board.request("log.clear", pin=ADMIN_PIN)["error"]
+    assert error["code"] == "locked" and error["retry_after_ms"] > 0
+    assert board.close() == 0
+
+    board = served(speed=20)  # same state directory: a power cycle
+    _at_home(board)
+    error = board.request("log.clear", pin=ADMIN_PIN)["error"]
+    assert error["code"] == "locked", "a reboot must not lift the lockout"
+    assert error["retry_after_ms"] > 0
+
+
+def test_torn_settings_write_keeps_the_old_settings_and_is_reported(served):
+    board = served(speed=20)
+    _at_home(board)
+    board.ok("pin.change", pin="0000", new_pin=ADMIN_PIN)
+    board.ok("user.create", name="ana", pin=ADMIN_PIN)
+    before = _settings_snapshot(board)
+    board.skip_events()
+    board.input("torn_write")
+    time.sleep(0.2)  # let the server take the input before the request
+    board.port.write(b'{"id": 99, "cmd": "program.set", "name": "ana", "angle_mdeg": 25000}\n')
+    boot = board.wait_event(lambda e: e["event"] == "boot")  # the cut rebooted it
+    assert boot["interrupted_writes"] == ["settings.json"]
+    assert boot["settings_status"] == "ok"
+    _at_home(board)
+    assert _settings_snapshot(board) == before  # old settings, nothing half-written
+    assert board.ok("status")["interrupted_writes"] == ["settings.json"]
+    board.ok("program.set", name="ana", angle_mdeg=25000)  # and it works again
