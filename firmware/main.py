@@ -101,6 +101,30 @@ def _validate(board):
         raise _StartError("board_invalid", "; ".join(problems))
 
 
+_maintenance_timer = []  # keeps the feeding timer referenced (not collected)
+
+
+def _maintenance_watchdog(hal):
+    """At the REPL after Ctrl-C (only possible at HOME, drive off), keep the
+    started watchdog fed from a hardware timer: machine.WDT cannot be stopped,
+    and without this the board would reset under mpremote a moment after the
+    interrupt. Nothing drives the motor now, which is what the watchdog
+    guards; a reset (e.g. the end of a deploy) restarts the firmware and the
+    watchdog with it."""
+    wdt = getattr(hal, "wdt", None)
+    if wdt is None or not getattr(wdt, "started", False):
+        return
+    try:
+        import machine
+
+        timer = machine.Timer(0)
+        period_ms = max(50, wdt.timeout_ms // 4)
+        timer.init(mode=machine.Timer.PERIODIC, period=period_ms, callback=lambda t: wdt.feed())
+        _maintenance_timer.append(timer)
+    except Exception as e:
+        _report("maintenance_watchdog", "cannot keep the watchdog fed at the REPL: %r" % (e,))
+
+
 def main():
     board = None
     hal = None
@@ -143,6 +167,7 @@ def main():
     except KeyboardInterrupt:
         # Ctrl-C is only enabled at HOME (the app's console policy): REPL time.
         _drive_off(hal, board)
+        _maintenance_watchdog(hal)
     except Exception as e:
         # The app's own safe path did not hold. Drive off; if the watchdog
         # was started it resets the board shortly and the next start returns

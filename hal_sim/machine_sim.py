@@ -109,6 +109,7 @@ class _World:
         self.wdt = None
         self.reset_cause = PWRON_RESET
         self.ticks = None
+        self.timers = []
 
     def pin(self, number):
         state = self.pins.get(number)
@@ -190,6 +191,18 @@ def sim_check_wdt():
     if wdt is not None and wdt.expired():
         _world.reset_cause = WDT_RESET
         raise SimReset(WDT_RESET)
+
+
+def sim_timers():
+    """Every machine.Timer the firmware created (a list, in creation order)."""
+    return list(_world.timers)
+
+
+def sim_fire_timers():
+    """Run each armed timer's callback once, as its period elapsing would."""
+    for timer in _world.timers:
+        if timer.callback is not None:
+            timer.callback(timer)
 
 
 def ticks_ms():
@@ -417,6 +430,30 @@ class WDT:
     def expired(self):
         elapsed = ((ticks_ms() - self._last + (1 << 29)) & ((1 << 30) - 1)) - (1 << 29)
         return elapsed > self.timeout
+
+
+class Timer:
+    """machine.Timer; callbacks run only when the simulator fires them."""
+
+    ONE_SHOT = 0
+    PERIODIC = 1
+
+    def __init__(self, id=-1):
+        self.id = id
+        self.mode = None
+        self.period = None
+        self.callback = None
+        _world.timers.append(self)
+
+    def init(self, mode=PERIODIC, period=-1, callback=None, freq=None):
+        if freq is not None:
+            period = 1000 // freq
+        self.mode = mode
+        self.period = period
+        self.callback = callback
+
+    def deinit(self):
+        self.callback = None
 
 
 def reset():

@@ -497,7 +497,7 @@ def boot(hal_mod, monkeypatch, capsys):
     import invtable.boards.validate
     import invtable.firmware
 
-    def start(board_module, *, imu=True, app=True):
+    def start(board_module, *, imu=True, app=True, run=None):
         ms.sim_clear(board_module.BOARD["chip"] if board_module else "esp32")
         calls = []
         monkeypatch.setitem(sys.modules, "board", board_module)  # None: ImportError
@@ -508,7 +508,7 @@ def boot(hal_mod, monkeypatch, capsys):
         app_mod = None
         if app:
             app_mod = types.ModuleType("firmware.app")
-            app_mod.run = lambda hal, board, reset_fault=None: calls.append((hal, board))
+            app_mod.run = run or (lambda hal, board, reset_fault=None: calls.append((hal, board)))
         monkeypatch.setitem(sys.modules, "firmware.app", app_mod)
         monkeypatch.setattr(hal_mod, "make_imu", _patched_make_imu(hal_mod))
         if imu and board_module is not None:
@@ -663,3 +663,33 @@ def test_hal_runs_allocation_free_under_micropython(micropython):
     assert all(abs(r - s) <= 16 for r, s in zip(read[3:], source[3:], strict=True))
     assert values["heap_esp32"] == "0", out
     assert values["heap_esp32s3"] == "0", out
+
+
+def test_ctrl_c_at_home_keeps_the_started_watchdog_fed_for_maintenance(boot):
+    # The app loop started the watchdog, then Ctrl-C (only allowed at HOME)
+    # dropped to the REPL: a timer must keep feeding it, or the board would
+    # reset under mpremote; and the drive must be off.
+    def run(hal, board, reset_fault=None):
+        hal.wdt.start_watchdog()
+        hal.actuator.drive(300)
+        raise KeyboardInterrupt
+
+    calls, events = boot(esp32_devkitc, run=run)
+    assert events == []
+    wdt = ms.sim_wdt()
+    assert wdt is not None
+    (timer,) = ms.sim_timers()
+    assert timer.mode == ms.Timer.PERIODIC and timer.period < wdt.timeout
+    feeds = wdt.feeds
+    ms.sim_fire_timers()
+    assert wdt.feeds == feeds + 1
+    assert ms.sim_pin(27).out == 0  # bridge disabled
+    assert ms.sim_level(25) == 0 and ms.sim_level(26) == 0
+
+
+def test_ctrl_c_without_a_started_watchdog_starts_no_timer(boot):
+    def run(hal, board, reset_fault=None):
+        raise KeyboardInterrupt
+
+    boot(esp32_devkitc, run=run)
+    assert ms.sim_timers() == [] and ms.sim_wdt() is None
