@@ -243,6 +243,11 @@ class Protocol:
                 raise ProtocolError("bad_json", "the line is not valid JSON") from None
             if not isinstance(req, dict):
                 raise ProtocolError("not_object", "a request must be a JSON object")
+            if req.get("cmd") == "stop":
+                # STOP is obeyed before anything else is checked: a bad id or
+                # a stray member still gets its error reply, but never keeps
+                # the table from heading home.
+                self.app.ctl.remote_stop()
             if "id" in req:
                 rid = req["id"]
                 int_ok = _is_int(rid) and 0 <= rid <= ID_MAX

@@ -578,6 +578,23 @@ def test_remote_stop_acts_exactly_like_a_stop_press():
     assert states[-2:] == [RETURN, HOME]
 
 
+@pytest.mark.parametrize(
+    "line, code",
+    [
+        ({"id": 1, "cmd": "stop", "now": True}, "unknown_field"),  # a stray member
+        ({"id": -5, "cmd": "stop"}, "bad_id"),
+        ({"cmd": "stop", "id": "x" * 40}, "bad_id"),
+    ],
+)
+def test_a_malformed_stop_still_stops_the_table(rig, line, code):
+    rig.press("go")
+    rig.tick_until(lambda: rig.ctl.state == RAMP)
+    rig.tick(50)
+    rig.error(line, code)  # the malformed request gets its error reply...
+    rig.tick(2)
+    assert rig.ctl.state == RETURN  # ...and the table heads home all the same
+
+
 def test_stop_during_warn_cancels_the_session(rig):
     rig.press("go")
     rig.tick_until(lambda: rig.ctl.state == WARN)
