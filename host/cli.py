@@ -7,6 +7,7 @@ import sys
 import click
 
 from invtable import __version__
+from invtable.hal_sim.scenario import ACTIONS as SIM_ACTIONS
 from invtable.host import simview
 from invtable.host.boards import DEFAULT_BOARD, board_names, load_board
 
@@ -84,8 +85,9 @@ def _board(ctx, param, name):
               default=DEMO_PROGRAM["exit_pause_s"], show_default=True,
               help="Pause near horizontal on the way home, seconds.")
 @click.option("--event", "events", multiple=True, callback=_validate_event, metavar="T:ACTION",
-              help="At T seconds of simulated time: go, stop, or a fault (repeatable). "
-              "Without a go event a simulated rider presses GO at 1 s and after each rest.")
+              help="At T seconds of simulated time, an input or a fault (repeatable): "
+              + ", ".join(SIM_ACTIONS) + ". Without a go event a simulated rider "
+              "presses GO at 1 s and after each rest.")
 @click.option("--duration", "duration_s", type=click.FloatRange(0.1, 24 * 3600),
               help="Stop after this many simulated seconds [default: when the table settles].")
 @click.option("--seed", type=int, default=0, show_default=True,
