@@ -122,9 +122,10 @@ class SimWdt:
         self.missed = False  # a feed came too late: the chip had already reset
 
     def feed(self):
-        if self._overdue():
+        now = self.clock.ticks_ms()
+        if ticks_diff(now, self.last_feed_ticks) > self.timeout_ms:
             self.missed = True
-        self.last_feed_ticks = self.clock.ticks_ms()
+        self.last_feed_ticks = now
         self.feed_count += 1
 
     def _overdue(self):

@@ -60,6 +60,8 @@ class TablePhysics:
         self.stalled = False  # actuator frozen; the driver sees no over-current
         self.overload = False  # driver flags over-current; motor still moves
         self.powered = True  # False: drive ignored, the actuator holds
+        self._lag_dt_s = None  # first-order lag gain, cached per step length
+        self._lag_gain = 0.0
 
     def gravity_load(self):
         """Signed rider load: + when gravity pulls the head end down.
@@ -138,7 +140,10 @@ class TablePhysics:
         v_old = self.actuator_velocity_deg_s
         # Exact first-order response over dt (stable for any step length),
         # then the torque limit on the change.
-        dv = (target - v_old) * (1.0 - math.exp(-dt_s / ACTUATOR_TAU_S))
+        if dt_s != self._lag_dt_s:  # the step is almost always the same: cache it
+            self._lag_dt_s = dt_s
+            self._lag_gain = 1.0 - math.exp(-dt_s / ACTUATOR_TAU_S)
+        dv = (target - v_old) * self._lag_gain
         if target == 0.0:
             # Self-locking screw: friction brakes it to a real stop in finite
             # time (no exponential creep), and nothing drives it afterwards.
