@@ -2,9 +2,19 @@
 
 from __future__ import annotations
 
+import os
+
 import pytest
+from hypothesis import settings
 
 from invtable.host import micropython as mpy
+
+# In CI (CI=true) property tests replay a fixed sequence of examples, so a
+# submission's result does not depend on luck; on a developer's machine they
+# explore new examples on every run (and keep failures in .hypothesis/).
+settings.register_profile("ci", derandomize=True, print_blob=True)
+if os.environ.get("CI"):
+    settings.load_profile("ci")
 
 
 @pytest.fixture(scope="session")
