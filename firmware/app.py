@@ -309,7 +309,16 @@ class App:
             self._in_session = False
             self._pending_entry = self._entry("fault", F_CRASH, old.max_angle_mdeg, old.inverted_ms)
         if self.crashes >= _MAX_CRASHES:
-            return  # the next ticks run the last-resort routine
+            # The next ticks run the last-resort routine. A fresh controller,
+            # latched and never stepped again, keeps status and traces honest
+            # (state FAULT, fault crash, the drive the routine commands).
+            try:
+                ctl = Controller(self.board)
+                ctl.latch_now(F_CRASH)
+                self.ctl = ctl
+            except Exception:  # noqa: BLE001 - the routine runs regardless
+                pass
+            return
         # A fresh controller: the old one's state may be what broke.
         self.ctl = Controller(self.board)
         self.ctl.latch_at_boot(F_CRASH)
@@ -323,13 +332,17 @@ class App:
         if self._last_resort_start is None:
             self._last_resort_start = now_ms
         timed_out = ticks_diff(now_ms, self._last_resort_start) > self._last_resort_ms
+        ctl = self.ctl
         if hal.home.closed() or timed_out:
             hal.actuator.off()
+            ctl.drive = 0
+            ctl.power = False
         else:
             board = self.board
-            hal.actuator.drive(
-                -(board["recovery_speed_mdeg_s"] * 1000 // board["actuator_speed_mdeg_s"])
-            )
+            drive = -(board["recovery_speed_mdeg_s"] * 1000 // board["actuator_speed_mdeg_s"])
+            hal.actuator.drive(drive)
+            ctl.drive = drive
+            ctl.power = True
         hal.indicator.set(True, True)
         hal.wdt.feed()
 

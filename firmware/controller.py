@@ -409,6 +409,12 @@ class Controller:
         self._enter(HOME)
 
     # ----------------------------------------------------------------- states
+    def latch_now(self, code):
+        """Latch ``code`` at once with nothing left to try: drive off. Used when
+        the caller itself takes over the way home (the App's last resort)."""
+        self._latch(code, _GO_HOME_NONE)
+        self._drive_off()
+
     def latch_at_boot(self, code):
         """A fault found before this controller existed (crash, watchdog reset)."""
         self._boot_fault = code

@@ -738,3 +738,21 @@ def test_torn_log_write_at_the_end_of_a_session_is_recovered_and_reported():
     (entry,) = app.log.entries()
     assert entry["end"] == "interrupted"
     assert sim.table.physics.angle_deg <= HOME + 1.5
+
+
+# ------------------------------------------------------- repeated crashes
+def test_repeated_crashes_hand_over_to_the_last_resort_routine():
+    # Three crashes in a row while holding at 60 deg: no controller is trusted
+    # any more; the App's last-resort routine drives slowly to the home switch
+    # and switches off, with the state reading FAULT / crash throughout.
+    events = [(50000, "crash"), (50020, "crash"), (50040, "crash")]
+    summary, rows = fh.record(BOARD, PROGRAM, LIMITS, events=events)
+    assert summary["final_state"] == "FAULT" and summary["fault"] == "crash"
+    assert summary["drive_off"]
+    after = [row for row in rows if row[T] > 50100]
+    assert all(row[STATE] == "FAULT" and row[FAULT] == "crash" for row in after)
+    assert all(row[DRIVE] <= 0 for row in after)  # never away from home
+    assert summary["final_angle_deg"] <= HOME + 1.5  # it reached the switch
+    # At the recovery speed: about 60 deg / 2 deg/s (+ load), within the cap.
+    home_rows = [row for row in after if row[DRIVE] == 0]
+    assert home_rows and home_rows[0][T] - 50040 <= fh.blind_cap_ms(BOARD)
