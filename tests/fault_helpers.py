@@ -30,23 +30,26 @@ no drive away from home after a fault, "brake" form
     tick, and once <= 0 it never becomes positive again.
 """
 
+# Trace column indexes: one definition, in invariants.py.
+from invariants import (  # noqa: F401 - re-exported for test_faults
+    BEEP,
+    COL,
+    DRIVE,
+    EST,
+    EVENT,
+    HOME_SWITCH,
+    REF_SPEED,
+    STATE,
+    STOP,
+    TRUE,
+    WARNING,
+    T,
+)
+from invariants import FAULT_COL as FAULT  # noqa: F401
+
 from invtable.boards.esp32_devkitc import BOARD
 from invtable.firmware import controller
 from invtable.hal_sim import scenario
-
-COL = {name: i for i, name in enumerate(scenario.COLUMNS)}
-T = COL["t_ms"]
-TRUE = COL["angle_true_deg"]
-EST = COL["angle_est_deg"]
-REF_SPEED = COL["ref_speed_deg_s"]
-STATE = COL["state"]
-DRIVE = COL["drive"]
-FAULT = COL["fault"]
-BEEP = COL["beep"]
-HOME_SWITCH = COL["home_switch"]
-STOP = COL["stop"]
-WARNING = COL["warning"]
-EVENT = COL["event"]
 
 # The documented fault codes (firmware/controller.py F_*): stable strings that
 # the host, the session log and these tests rely on.
