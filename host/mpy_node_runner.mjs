@@ -28,11 +28,12 @@ import fs from "node:fs";
 import path from "node:path";
 import { fileURLToPath, pathToFileURL } from "node:url";
 
+import { copyTree } from "./mpy_fs.mjs";
+
 const PACKAGE = "@micropython/micropython-webassembly-pyscript";
 const DEFAULT_HEAP = 8 * 1024 * 1024;
 const DEFAULT_PYSTACK = 2048;
 let status0 = 0;
-const SKIP_DIRS = new Set(["__pycache__", "node_modules"]);
 
 function die(message) {
   process.stderr.write(`mpy_node_runner: ${message}\n`);
@@ -127,45 +128,6 @@ function lineWriter(stream) {
   return { put, flush };
 }
 
-function mkdirs(FS, dir) {
-  let cur = "";
-  for (const part of dir.split("/").filter(Boolean)) {
-    cur += "/" + part;
-    try {
-      FS.mkdir(cur);
-    } catch (e) {
-      // EEXIST is fine; anything else shows up when the file is written.
-    }
-  }
-}
-
-function copyTree(FS, src, dest) {
-  let st;
-  try {
-    st = fs.statSync(src);
-  } catch {
-    die(`--mount source not found: ${src}`);
-  }
-  if (st.isFile()) {
-    mkdirs(FS, path.posix.dirname(dest));
-    FS.writeFile(dest, fs.readFileSync(src));
-    return 1;
-  }
-  mkdirs(FS, dest);
-  let n = 0;
-  for (const entry of fs.readdirSync(src, { withFileTypes: true })) {
-    const from = path.join(src, entry.name);
-    const to = path.posix.join(dest, entry.name);
-    if (entry.isDirectory()) {
-      if (!SKIP_DIRS.has(entry.name) && !entry.name.startsWith(".")) n += copyTree(FS, from, to);
-    } else if (entry.name.endsWith(".py")) {
-      FS.writeFile(to, fs.readFileSync(from));
-      n += 1;
-    }
-  }
-  return n;
-}
-
 // The PythonError message is the formatted traceback; for SystemExit its last
 // line is "SystemExit: <value>".
 function exitCodeForSystemExit(message, err) {
@@ -198,7 +160,13 @@ async function main() {
     stderr: err.put,
   });
 
-  for (const [src, dest] of opts.mounts) copyTree(mp.FS, src, dest);
+  for (const [src, dest] of opts.mounts) {
+    try {
+      copyTree(mp.FS, src, dest);
+    } catch (e) {
+      die(e.message);
+    }
+  }
 
   const argv = [opts.script === "-" ? "" : opts.script, ...opts.args];
   mp.runPython(`import sys as _s\n_s.argv.extend(${JSON.stringify(argv)})\ndel _s\n`);

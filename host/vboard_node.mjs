@@ -33,6 +33,8 @@ import fs from "node:fs";
 import path from "node:path";
 import { pathToFileURL } from "node:url";
 
+import { copyTree } from "./mpy_fs.mjs";
+
 const CTRL_A = 0x01;
 const CTRL_B = 0x02;
 const CTRL_C = 0x03;
@@ -215,27 +217,6 @@ function stdinChar() {
 
 // --- filesystem staging ------------------------------------------------------------
 
-function mkdirs(FS, dir) {
-  let cur = "";
-  for (const part of dir.split("/").filter(Boolean)) {
-    cur += "/" + part;
-    try {
-      FS.mkdir(cur);
-    } catch {
-      // exists
-    }
-  }
-}
-
-function copyTree(FS, src, dest) {
-  mkdirs(FS, dest);
-  for (const entry of fs.readdirSync(src, { withFileTypes: true })) {
-    if (entry.isFile() && entry.name.endsWith(".py")) {
-      FS.writeFile(path.posix.join(dest, entry.name), fs.readFileSync(path.join(src, entry.name)));
-    }
-  }
-}
-
 function removeTree(FS, dir) {
   let names;
   try {
@@ -265,7 +246,13 @@ async function main() {
     stderr: put, // one serial line, as on the board
   });
   mp.registerJsModule("vboard_host", host);
-  for (const [src, dest] of opts.mounts) copyTree(mp.FS, src, dest);
+  for (const [src, dest] of opts.mounts) {
+    try {
+      copyTree(mp.FS, src, dest);
+    } catch (e) {
+      die(e.message);
+    }
+  }
 
   const py = (code) => {
     try {
