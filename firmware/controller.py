@@ -140,7 +140,6 @@ class Controller:
         self.session_ended = False  # True for the tick a session ends (for the log)
         self.warnings = 0  # count of _warn calls, so a repeated warning is seen as new
         self._remote_stop = False  # STOP requested over the serial line (see remote_stop)
-        self.recovering = False  # returning home after a reset, not a session
         self._boot_fault = None
 
         self.drive = 0
@@ -200,11 +199,6 @@ class Controller:
     @property
     def angle_mdeg(self):
         return self.estimator.angle_mdeg
-
-    @property
-    def angle_trusted(self):
-        lost = self.fault == F_IMU_LOST or self.fault == F_IMU_STUCK
-        return self.estimator.ready and not lost and self.fault != F_IMU_IMPLAUSIBLE
 
     # ------------------------------------------------------------------ step
     def step(self, now_ms, inp):
@@ -364,7 +358,6 @@ class Controller:
         self._fault_ms = 0
         if self.session is not None:
             self._end_session(END_FAULT)
-        self.recovering = False
         if go_home_mode == _GO_HOME_TRUSTED:
             # The angle is still trusted: a controlled (braked) stop, then home.
             self._ceiling = self.drive if self.drive > 0 else 0
@@ -393,11 +386,9 @@ class Controller:
         self._enter(RETURN)
 
     def _arrive_home(self):
-        self.drive = 0
-        self.power = False
+        self._drive_off()
         self.profile.reset(self.home_angle_mdeg)
         if self.session is None:
-            self.recovering = False
             self._enter(HOME)
             return
         self.sets_done += 1
@@ -420,8 +411,7 @@ class Controller:
         self._boot_fault = code
 
     def _run_boot(self):
-        self.drive = 0
-        self.power = False
+        self._drive_off()
         if self._state_ms < BOOT_SETTLE_MS or not self.estimator.settled:
             return
         angle = self.estimator.angle_mdeg
@@ -434,13 +424,11 @@ class Controller:
             self._enter(HOME)
             return
         # Not at home after a reset or power loss: never resume, go home slowly.
-        self.recovering = True
         self._warn("recovering_after_reset")
         self._begin_return(None)
 
     def _run_home(self):
-        self.drive = 0
-        self.power = False
+        self._drive_off()
         if self._home_switch_opened():
             return
         if self.go.pressed:
@@ -490,8 +478,7 @@ class Controller:
         return None
 
     def _run_warn(self):
-        self.drive = 0
-        self.power = False
+        self._drive_off()
         if self.stop.level:
             self._cancel_at_home()
             return
@@ -505,8 +492,7 @@ class Controller:
         self._enter(HOME)
 
     def _run_rest(self):
-        self.drive = 0
-        self.power = False
+        self._drive_off()
         if self._home_switch_opened():
             return
         if self.stop.level:
@@ -597,26 +583,25 @@ class Controller:
                 self._pause_done = True  # already at or below the pause angle
                 target = self.home_angle_mdeg
         profile = self.profile
-        far = self.estimator.angle_mdeg > self.home_angle_mdeg + NEAR_HOME_MDEG
-        if profile.at(self.home_angle_mdeg) and target == self.home_angle_mdeg and far:
-            # The reference is home but the table trails it (the actuator is
-            # slower lifting the rider; at a low speed cap the gap grows to
-            # degrees): close the gap in closed loop first. The switch seek
-            # below used to start here, creep at 1 deg/s and latch
-            # home_switch_open after 6 s with the table still degrees away.
-            # A table that does not move here is caught by the stall check.
-            self._track(self.drive_cap)
-            self._limit_return_drive()
-        elif profile.at(self.home_angle_mdeg) and target == self.home_angle_mdeg:
-            # The reference is home but the switch is not closed: creep on
-            # into the switch for a bounded time.
-            self._seek_ms += dt
-            if self._seek_ms > HOME_SEEK_MS:
-                self._latch(F_HOME_OPEN, _GO_HOME_NONE)
-                self._run_fault(dt)
-                return
-            self.drive = -(CREEP_SPEED_MDEG_S * 1000 // self.actuator_speed_mdeg_s)
-            self.power = True
+        if target == self.home_angle_mdeg and profile.at(target):
+            if self.estimator.angle_mdeg > target + NEAR_HOME_MDEG:
+                # The reference is home but the table trails it (the actuator
+                # is slower lifting the rider; at a low speed cap the gap grows
+                # to degrees): close the gap in closed loop first. The switch
+                # seek used to start here, creep at 1 deg/s and latch
+                # home_switch_open after 6 s with the table still degrees away.
+                # A table that does not move here is caught by the stall check.
+                self._track(self.drive_cap)
+            else:
+                # The table is home but the switch is not closed: creep on
+                # into the switch for a bounded time.
+                self._seek_ms += dt
+                if self._seek_ms > HOME_SEEK_MS:
+                    self._latch(F_HOME_OPEN, _GO_HOME_NONE)
+                    self._run_fault(dt)
+                    return
+                self.drive = -(CREEP_SPEED_MDEG_S * 1000 // self.actuator_speed_mdeg_s)
+                self.power = True
             self._limit_return_drive()
         else:
             profile.advance(target, speed, self.max_accel_mdeg_s2, dt)
@@ -695,7 +680,7 @@ class Controller:
             self._limit_return_drive()
         elif mode == _GO_HOME_BLIND:
             if at_home or self._fault_ms > self.blind_cap_ms:
-                if not at_home and self.fault != F_HOME_NOT_REACHED:
+                if not at_home:
                     self.warning = F_HOME_NOT_REACHED
                 self._drive_off()
                 return
@@ -728,8 +713,7 @@ class Controller:
             self._drive_off()
             return
         if self._fault_ms < RETRY_PAUSE_MS:
-            self.drive = 0
-            self.power = False
+            self._drive_off()
             self._retry_start_mdeg = self.estimator.angle_mdeg
             return
         # The retry goes on while every RETRY_CHECK_MS window shows at least
@@ -747,7 +731,6 @@ class Controller:
         if self._go_home_mode == _GO_HOME_NONE:
             self._drive_off()
             return
-        self._ceiling = 0
         self._blind_drive(dt)
 
     def _drive_off(self):
