@@ -49,3 +49,13 @@ def micropython(micropython_setup):
         return proc
 
     return run
+
+
+@pytest.fixture
+def fake_board():
+    """A minimal board speaking the serial protocol on a pty (tests/fake_board.py)."""
+    from fake_board import FakeBoard
+
+    board = FakeBoard(pin="1234")
+    yield board
+    board.close()

@@ -17,7 +17,6 @@ import time
 import click
 import pytest
 from click.testing import CliRunner
-from fake_board import FakeBoard
 
 from invtable.host import cli_users
 
@@ -43,10 +42,8 @@ CLI = _group()
 
 
 @pytest.fixture
-def board():
-    fake = FakeBoard(pin="1234")
-    yield fake
-    fake.close()
+def board(fake_board):
+    return fake_board
 
 
 @pytest.fixture

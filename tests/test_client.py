@@ -7,7 +7,6 @@ from types import SimpleNamespace
 
 import pytest
 import serial
-from fake_board import FakeBoard
 
 from invtable.host import client as C
 
@@ -15,10 +14,8 @@ pytestmark = pytest.mark.timeout(30)
 
 
 @pytest.fixture
-def board():
-    fake = FakeBoard(pin="1234")
-    yield fake
-    fake.close()
+def board(fake_board):
+    return fake_board
 
 
 @pytest.fixture

@@ -87,15 +87,6 @@ def test_version_mismatch_is_refused():
                              (1, 27, 0), 6) == "xtensawin"
 
 
-@pytest.fixture
-def fake_board():
-    from fake_board import FakeBoard
-
-    board = FakeBoard()
-    yield board
-    board.close()
-
-
 @pytest.mark.parametrize("state", ["RAMP", "HOLD", "RETURN", "PAUSE", "FAULT"])
 def test_home_check_refuses_a_table_that_is_not_at_home(fake_board, state):
     fake_board.state = state
