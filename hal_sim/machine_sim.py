@@ -15,6 +15,8 @@ allocate nothing, so heap measurements of the firmware stay honest.
 
 import time
 
+from .clock import ticks_diff
+
 try:
     import errno
 
@@ -428,8 +430,7 @@ class WDT:
         self._last = ticks_ms()
 
     def expired(self):
-        elapsed = ((ticks_ms() - self._last + (1 << 29)) & ((1 << 30) - 1)) - (1 << 29)
-        return elapsed > self.timeout
+        return ticks_diff(ticks_ms(), self._last) > self.timeout
 
 
 class Timer:

@@ -34,13 +34,13 @@ import micropython
 import vboard_host
 
 from . import machine_sim
+from .clock import ticks_diff
 from .imu import SimImu
 from .mpu6050_model import MPU6050Model
 from .physics import TablePhysics
 from .rng import Rng
 
 _TICKS_MAX = (1 << 30) - 1
-_TICKS_HALF = 1 << 29
 # The firmware's clock (machine.ticks_ms) starts 10 s before the 2**30 wrap,
 # as in the CPython simulator, so every virtual-board run crosses it.
 _CLOCK_START_TICKS_MS = (1 << 30) - 10000
@@ -74,10 +74,6 @@ _ERRNO_FIX = {
     69: 30,  # EROFS
     75: 18,  # EXDEV
 }
-
-
-def _ticks_diff(end, start):
-    return ((end - start + _TICKS_HALF) & _TICKS_MAX) - _TICKS_HALF
 
 
 def _fixed_oserror(error):
@@ -257,7 +253,7 @@ class VirtualTable:
     def sync(self):
         """Step the physics to the interpreter's now with the current drive."""
         now = time.ticks_ms()
-        dt = _ticks_diff(now, self._last_ms)
+        dt = ticks_diff(now, self._last_ms)
         if dt > 0:
             self._last_ms = now
             if dt > _MAX_STEP_MS:
