@@ -16,13 +16,18 @@ Model (why each part is there):
   dead band has been taken up, as in a classic play/hysteresis model.
 - Mechanical end stops a little beyond the working range. Pushing into one
   stops the motion and the driver sees a high current.
+
+The true numbers (full speed, lag, rider, where home is) come from the world
+(hal_sim/world.py), which by default is exactly the board file; only the
+high end stop follows the board's max angle.
 """
 
 import math
 
+from .world import World
+
 _DEG_TO_RAD = math.pi / 180.0
 
-ACTUATOR_TAU_S = 0.1  # first-order lag of actuator speed behind the command
 ACTUATOR_ACCEL_CAP_DEG_S2 = 60.0  # motor torque limit on speed changes
 BRAKE_MIN_DECEL_DEG_S2 = 20.0  # screw friction when undriven
 BACKLASH_DEG = 0.3  # total dead band between actuator and table
@@ -40,13 +45,20 @@ def _clamp(value, low, high):
 
 
 class TablePhysics:
-    def __init__(self, board, rider_mass_kg=80.0, start_angle_deg=None):
-        self.home_deg = board["home_angle_mdeg"] / 1000.0
+    def __init__(self, board, rider_mass_kg=80.0, start_angle_deg=None, world=None):
+        """``world``: the true table (hal_sim.world.World); None = exactly the
+        board file with this rider. A given world brings its own rider."""
+        if world is None:
+            world = World.from_board(board, rider_mass_kg)
+        self.world = world
+        self.home_deg = world.home_angle_mdeg / 1000.0  # where the table really rests
         self.max_deg = board["max_angle_mdeg"] / 1000.0
-        self.full_speed_deg_s = board["actuator_speed_mdeg_s"] / 1000.0
+        self.full_speed_deg_s = world.actuator_speed_mdeg_s / 1000.0
+        self.lag_s = world.actuator_lag_ms / 1000.0  # first-order lag of speed behind drive
         self.low_stop_deg = self.home_deg - LOW_STOP_BELOW_HOME_DEG
         self.high_stop_deg = self.max_deg + HIGH_STOP_ABOVE_MAX_DEG
-        self.rider_mass_kg = float(rider_mass_kg)
+        # Read every step: commissioning may empty the table and refill it.
+        self.rider_mass_kg = float(world.rider_kg)
         if start_angle_deg is None:
             start_angle_deg = self.home_deg
         start = _clamp(float(start_angle_deg), self.low_stop_deg, self.high_stop_deg)
@@ -142,7 +154,8 @@ class TablePhysics:
         # then the torque limit on the change.
         if dt_s != self._lag_dt_s:  # the step is almost always the same: cache it
             self._lag_dt_s = dt_s
-            self._lag_gain = 1.0 - math.exp(-dt_s / ACTUATOR_TAU_S)
+            lag_s = self.lag_s
+            self._lag_gain = 1.0 - math.exp(-dt_s / lag_s) if lag_s > 0.0 else 1.0
         dv = (target - v_old) * self._lag_gain
         if target == 0.0:
             # Self-locking screw: friction brakes it to a real stop in finite

@@ -81,12 +81,14 @@ class _CrashingImu:
 class Scenario:
     """A simulated table with its firmware, advanced tick by tick."""
 
-    def __init__(self, board, program, limits, seed=0, rider_mass_kg=80.0, start_angle_deg=None):
+    def __init__(
+        self, board, program, limits, seed=0, rider_mass_kg=80.0, start_angle_deg=None, world=None
+    ):
         self.board = board
         self.program = program
         self.limits = limits
         self.dt_ms = 1000 // board["control_hz"]
-        self.table = SimTable(board, seed, rider_mass_kg, start_angle_deg)
+        self.table = SimTable(board, seed, rider_mass_kg, start_angle_deg, world)
         self.table.wdt.timeout_ms = board.get("wdt_timeout_ms", WATCHDOG_MS)
         self.flash = SimFlash()
         self.imu = _CrashingImu(self.table.imu)
@@ -234,6 +236,7 @@ def run(
     settle_s=2,
     rider_mass_kg=80.0,
     start_angle_deg=None,
+    world=None,
 ):
     """Run a scenario; ``sink(row)`` gets every trace row. Returns a summary dict.
 
@@ -251,7 +254,7 @@ def run(
                 auto_go = False
     if auto_go:
         events = sorted(list(events) + [(1000, "go")])
-    sim = Scenario(board, program, limits, seed, rider_mass_kg, start_angle_deg)
+    sim = Scenario(board, program, limits, seed, rider_mass_kg, start_angle_deg, world)
     limit_ms = int(duration_s * 1000) if duration_s is not None else 3600 * 1000
     settle_ms = int(settle_s * 1000)
     next_event = 0

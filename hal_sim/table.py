@@ -1,4 +1,5 @@
-"""The whole simulated table: clock, physics, IMU and devices, wired together.
+"""The whole simulated table: clock, physics, IMU and devices, wired together,
+built as the world says (hal_sim/world.py; by default exactly the board file).
 
 The firmware is not built here: the caller makes ``firmware.hal.Hal`` from
 these attributes (plus a flash filesystem from hal_sim.flash).
@@ -17,6 +18,7 @@ from .devices import (
 from .imu import SimImu
 from .physics import TablePhysics
 from .rng import Rng
+from .world import World
 
 BUTTON_TAP_MS = 200  # "go" / "stop" taps are released after this much sim time
 
@@ -41,17 +43,23 @@ class SimTable:
         "stop_up",
     )
 
-    def __init__(self, board, seed=0, rider_mass_kg=80.0, start_angle_deg=None):
+    def __init__(self, board, seed=0, rider_mass_kg=80.0, start_angle_deg=None, world=None):
+        """``world``: the table that is really there (hal_sim.world.World), with
+        its own rider; None = exactly the board file with ``rider_mass_kg``.
+        ``start_angle_deg`` None = the world's home."""
+        if world is None:
+            world = World.from_board(board, rider_mass_kg)
         self.board = board
+        self.world = world
         self.seed = seed
         self.clock = VirtualClock()
         self.rng = Rng(seed)
-        self.physics = TablePhysics(board, rider_mass_kg, start_angle_deg)
-        self.imu = SimImu(self.physics, board["imu"], self.rng)
+        self.physics = TablePhysics(board, start_angle_deg=start_angle_deg, world=world)
+        self.imu = SimImu(self.physics, world.imu_mounting(), self.rng)
         self.actuator = SimActuator(self.physics)
         self.go = SimButton()
         self.stop = SimStopButton()
-        self.home = SimHomeSwitch(self.physics, board["home_angle_mdeg"])
+        self.home = SimHomeSwitch(self.physics, world.home_angle_mdeg)
         self.indicator = SimIndicator()
         self.wdt = SimWdt(self.clock)
         self.link = SimLink()
