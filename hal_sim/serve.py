@@ -56,10 +56,11 @@ End of stdin does not stop the server."""
 class SimBoard:
     """The simulated table with the firmware and a file-backed flash."""
 
-    def __init__(self, board, state_dir, seed=0):
+    def __init__(self, board, state_dir, seed=0, world=None):
+        """``world``: the table that is really there (None: the board file)."""
         self.board = board
         self.dt_ms = 1000 // board["control_hz"]
-        self.table = SimTable(board, seed)
+        self.table = SimTable(board, seed, world=world)
         self.table.wdt.timeout_ms = board.get("wdt_timeout_ms", 1000)
         self.flash = DirFlash(state_dir)
         self.app = None
@@ -117,7 +118,9 @@ class SimBoard:
 
 
 class Server:
-    def __init__(self, board, state_dir=None, speed=1.0, seed=0, out=None, stdin=None):
+    def __init__(
+        self, board, state_dir=None, speed=1.0, seed=0, out=None, stdin=None, world=None
+    ):
         if not 0 < speed <= MAX_SPEED:
             raise ValueError("speed must be in (0, %g]" % MAX_SPEED)
         self.speed = float(speed)
@@ -127,7 +130,8 @@ class Server:
         if state_dir is None:
             state_dir = self.temp_dir = tempfile.mkdtemp(prefix="invtable-sim-")
         self.state_dir = os.path.abspath(state_dir)
-        self.sim = SimBoard(board, self.state_dir, seed)
+        self.sim = SimBoard(board, self.state_dir, seed, world)
+        self.world_given = world is not None
         self.board_name = board.get("name", "?")
         self._inputs = queue.Queue()
         self._stopping = False
@@ -254,6 +258,8 @@ class Server:
                 "board %s, speed x%g, state dir %s (%s)"
                 % (self.board_name, self.speed, self.state_dir, where)
             )
+            if self.world_given:
+                self.note("world: " + self.sim.table.world.describe())
             self.note("type `help` on stdin for the physical inputs")
             threading.Thread(target=self._read_stdin, daemon=True).start()
             self._loop()

@@ -5,7 +5,9 @@ Runs inside the npm MicroPython (WebAssembly) interpreter, started by
 interpreter look like an ESP32 with a table attached:
 
 - ``sys.modules["machine"]`` is ``hal_sim.machine_sim`` wired to a simulated
-  table: ``TablePhysics`` + ``SimImu`` behind an ``MPU6050Model`` on I2C bus 0,
+  table built as the world says (``config["world"]``: a world file's dict, see
+  hal_sim/world.py; None = exactly the board file):
+  ``TablePhysics`` + ``SimImu`` behind an ``MPU6050Model`` on I2C bus 0,
   the actuator pins' PWM duty (and enable pin) drive the physics, the home
   switch, GO and STOP pins follow the board file, the current-sense ADC reads
   high when the actuator pushes into an end stop.
@@ -35,10 +37,12 @@ import vboard_host
 
 from . import machine_sim
 from .clock import ticks_diff
+from .devices import SimHomeSwitch
 from .imu import SimImu
 from .mpu6050_model import MPU6050Model
 from .physics import TablePhysics
 from .rng import Rng
+from .world import World
 
 _TICKS_MAX = (1 << 30) - 1
 # The firmware's clock (machine.ticks_ms) starts 10 s before the 2**30 wrap,
@@ -209,10 +213,16 @@ class _ImuSource:
 
 
 class VirtualTable:
-    def __init__(self, board, seed=0, start_angle_deg=None, rider_mass_kg=80.0):
+    def __init__(self, board, seed=0, start_angle_deg=None, rider_mass_kg=80.0, world=None):
+        """``world``: the table that is really there (hal_sim.world.World), with
+        its own rider; None = exactly the board file with ``rider_mass_kg``."""
+        if world is None:
+            world = World.from_board(board, rider_mass_kg)
         self.board = board
-        self.physics = TablePhysics(board, rider_mass_kg, start_angle_deg)
-        self.imu = SimImu(self.physics, board["imu"], Rng(seed))
+        self.world = world
+        self.physics = TablePhysics(board, start_angle_deg=start_angle_deg, world=world)
+        self.imu = SimImu(self.physics, world.imu_mounting(), Rng(seed))
+        self.home = SimHomeSwitch(self.physics, world.home_angle_mdeg)
         self.mpu = MPU6050Model(_ImuSource(self))
         self.go_pressed = False
         self.stop_pressed = False
@@ -273,9 +283,8 @@ class VirtualTable:
     def _update_pins(self):
         board = self.board
         phys = self.physics
-        home_closed = phys.angle_deg * 1000 <= board["home_angle_mdeg"] + 1500
         # Contacts to GND with pull-ups: closed = driven low, open = not driven.
-        machine_sim.sim_set_input(board["home_pin"], 0 if home_closed else None)
+        machine_sim.sim_set_input(board["home_pin"], 0 if self.home.closed() else None)
         machine_sim.sim_set_input(board["go_pin"], 0 if self.go_pressed else None)
         # STOP is normally closed: pressed opens the contact.
         machine_sim.sim_set_input(board["stop_pin"], None if self.stop_pressed else 0)
@@ -423,11 +432,18 @@ def _run_file(name):
 
 def install(config_json):
     """Set the interpreter up as the virtual board. config: JSON text with
-    board (the BOARD dict), seed, start_angle_deg (None = home)."""
+    board (the BOARD dict), seed, start_angle_deg (None = the world's home) and
+    world (a world file's dict, checked again here; None = the board file)."""
     config = json.loads(config_json)
     _install_errno_fix()
     _install_time_and_micropython()
-    table = VirtualTable(config["board"], config.get("seed", 0), config.get("start_angle_deg"))
+    board_dict = config["board"]
+    world = config.get("world")
+    if world is not None:
+        world = World.from_dict(world, board_dict)
+    table = VirtualTable(
+        board_dict, config.get("seed", 0), config.get("start_angle_deg"), world=world
+    )
     _patch_machine_resets()
     sys.modules["machine"] = machine_sim
     board = _Board(table)
@@ -453,3 +469,7 @@ class _VboardApi:
 
     def mpu_registers(self):
         return bytes(self.table.mpu.regs)
+
+    def world(self):
+        """The world this table was built from, in the world-file form."""
+        return self.table.world.to_dict()

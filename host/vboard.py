@@ -24,6 +24,7 @@ import time
 import tty
 from pathlib import Path
 
+from invtable.hal_sim.world import World
 from invtable.host import micropython as mpy
 from invtable.host.boards import DEFAULT_BOARD, load_board
 
@@ -55,13 +56,20 @@ class VirtualBoard:
         *,
         seed: int = 0,
         start_angle_deg: float | None = None,
+        world: dict | None = None,
         heap_bytes: int = 8 * 1024 * 1024,
         log=None,
     ):
+        """``world``: a world file's dict (hal_sim/world.py), the table that is
+        really there; None = exactly the board file. Checked here (WorldError)
+        and handed to the board's hal_sim in the --config JSON."""
         self.board_name = board
         self.board = load_board(board)  # KeyError naming the known boards
         self.seed = seed
         self.start_angle_deg = start_angle_deg
+        if world is not None:
+            World.from_dict(world, self.board)  # WorldError before node starts
+        self.world = world
         self.heap_bytes = heap_bytes
         self.log = log  # a text stream for the interpreter's diagnostics (stderr)
         self.port: str | None = None
@@ -89,6 +97,7 @@ class VirtualBoard:
             "board": self.board,
             "seed": self.seed,
             "start_angle_deg": self.start_angle_deg,
+            "world": self.world,
         }
         return [
             node,
