@@ -10,6 +10,7 @@ from invtable import __version__
 from invtable.hal_sim.scenario import ACTIONS as SIM_ACTIONS
 from invtable.host import simview
 from invtable.host.boards import DEFAULT_BOARD, board_names, load_board
+from invtable.host.worlds import make_world, world_option
 
 # A beginner's session from the source documents: 15-30 deg for 30 s - 2 min,
 # building from one-minute sets; about 3-5 deg/s; a short rest near
@@ -92,18 +93,22 @@ def _board(ctx, param, name):
               help="Stop after this many simulated seconds [default: when the table settles].")
 @click.option("--seed", type=int, default=0, show_default=True,
               help="Seed for sensor noise and biases.")
+@world_option
 @click.option("--json", "as_json", is_flag=True, help="Print only a JSON summary.")
 def sim_run(trace_path, board, angle_deg, hold_s, sets, rest_s, speed_deg_s, max_angle_deg,
-            max_inverted_s, exit_pause_s, events, duration_s, seed, as_json):
+            max_inverted_s, exit_pause_s, events, duration_s, seed, world_data, as_json):
     """Run one session on the simulated table, as fast as the CPU allows.
 
-    The firmware is the real one; only the hardware is simulated. Example:
+    The firmware is the real one; only the hardware is simulated, by default
+    exactly as the board file describes it; --world says where the real table
+    differs. Example:
 
       invtable sim run --angle 45 --hold 60 --event 30:stop --trace out.csv
     """
     from invtable.hal_sim import scenario
 
     board_name, board_dict = board
+    world = make_world(board_dict, world_data)
     if max_angle_deg is None:
         max_angle_deg = angle_deg
     if angle_deg > max_angle_deg:
@@ -131,7 +136,10 @@ def sim_run(trace_path, board, angle_deg, hold_s, sets, rest_s, speed_deg_s, max
         "max_inverted_ms": round(max_inverted_s * 1000),
         "max_speed_mdeg_s": round(speed_deg_s * 1000),
     }
-    view = None if as_json else simview.SessionView(board_name, program, limits, events)
+    view = None
+    if not as_json:
+        world_text = world.describe() if world_data is not None else None
+        view = simview.SessionView(board_name, program, limits, events, world=world_text)
     writer = None
     trace_file = None
     if trace_path:
@@ -147,11 +155,12 @@ def sim_run(trace_path, board, angle_deg, hold_s, sets, rest_s, speed_deg_s, max
 
     try:
         summary = scenario.run(board_dict, program, limits, events=events,
-                               duration_s=duration_s, seed=seed, sink=sink)
+                               duration_s=duration_s, seed=seed, sink=sink, world=world)
     finally:
         if trace_file is not None:
             trace_file.close()
     summary["board"] = board_name
+    summary["world"] = world.to_dict()
     if trace_path:
         summary["trace"] = trace_path
     if as_json:

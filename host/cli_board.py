@@ -7,7 +7,8 @@ import sys
 
 import click
 
-from invtable.host.boards import DEFAULT_BOARD, board_names
+from invtable.host.boards import DEFAULT_BOARD, board_names, load_board
+from invtable.host.worlds import make_world, world_option
 
 
 def _known_board(ctx, param, name):
@@ -26,8 +27,9 @@ def _known_board(ctx, param, name):
 @click.option("--seed", type=int, default=0, show_default=True,
               help="Seed for the simulated IMU's noise and biases.")
 @click.option("--start-angle", "start_angle_deg", type=float,
-              help="Table angle at power-on, degrees [default: the board's home].")
-def sim_board(board, seed, start_angle_deg):
+              help="Table angle at power-on, degrees [default: the world's home].")
+@world_option
+def sim_board(board, seed, start_angle_deg, world_data):
     """A virtual board: real MicroPython 1.27 on a serial port, with the table inside.
 
     Prints the serial device (a pseudo-terminal) as the FIRST line, then runs
@@ -40,7 +42,10 @@ def sim_board(board, seed, start_angle_deg):
     from invtable.host import micropython as mpy
     from invtable.host.vboard import VirtualBoard, VirtualBoardError
 
-    vb = VirtualBoard(board, seed=seed, start_angle_deg=start_angle_deg, log=sys.stderr)
+    if world_data is not None:
+        make_world(load_board(board), world_data)  # check it here: one line, exit 2
+    vb = VirtualBoard(board, seed=seed, start_angle_deg=start_angle_deg, world=world_data,
+                      log=sys.stderr)
     try:
         vb.start()
     except (VirtualBoardError, mpy.MicroPythonUnavailable) as error:

@@ -9,6 +9,7 @@ import sys
 import click
 
 from invtable.host.boards import DEFAULT_BOARD, board_names, load_board
+from invtable.host.worlds import make_world, world_option
 
 
 def _board(ctx, param, name):
@@ -45,7 +46,8 @@ def _board(ctx, param, name):
 @click.option(
     "--seed", type=int, default=0, show_default=True, help="Seed for sensor noise and biases."
 )
-def serve(board, state_dir, speed, seed):
+@world_option
+def serve(board, state_dir, speed, seed, world_data):
     """Run the firmware on the simulated table behind a serial device.
 
     The first line on stdout is the device path (e.g. /dev/pts/7): open it
@@ -74,7 +76,8 @@ def serve(board, state_dir, speed, seed):
     from invtable.hal_sim.serve import Server
 
     _name, board_dict = board
-    server = Server(board_dict, state_dir=state_dir, speed=speed, seed=seed)
+    world = make_world(board_dict, world_data) if world_data is not None else None
+    server = Server(board_dict, state_dir=state_dir, speed=speed, seed=seed, world=world)
     sys.exit(server.run())
 
 

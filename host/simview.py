@@ -41,7 +41,8 @@ def csv_row(row):
 class SessionView:
     """Prints state changes as they happen and a chart plus summary at the end."""
 
-    def __init__(self, board_name, program, limits, events, console=None):
+    def __init__(self, board_name, program, limits, events, console=None, world=None):
+        """``world``: a line describing the simulated world when it is not the board file's."""
         self.console = console or Console(highlight=False)
         self.samples = []  # (t_s, true angle) every 0.5 s for the chart
         self._last_state = None
@@ -58,6 +59,8 @@ class SessionView:
             f"limits:  max {limits['max_angle_mdeg'] / 1000:g} deg,"
             f" max {limits['max_inverted_ms'] / 1000:g} s inverted per session"
         )
+        if world:
+            c.print("world:   " + world)
         if events:
             c.print("events:  " + ", ".join(f"{t / 1000:g}s {a}" for t, a in events))
         c.print()
