@@ -214,8 +214,10 @@ def _segments(ticks):
 def _replayer(board, program, limits, ticks):
     """A fresh controller and ``feed(i)``, which steps it with recorded tick i."""
     from invtable.firmware.controller import Controller, Inputs
+    from invtable.hal_sim.scenario import commissioned_calibration
 
-    ctl = Controller(board)
+    # The calibration the recorded session's board held (scenario.AUTO).
+    ctl = Controller(board, commissioned_calibration(board, SEED))
     ctl.set_program(program, limits)
     inp = Inputs()
 

@@ -8,12 +8,15 @@ home slowly with the ``crash`` fault latched; if even that keeps failing, a
 last-resort routine with no estimator drives slowly to the home switch.
 """
 
-from . import storage
+from . import calibration, storage
 from .auth import AUTH_FILE, Auth
 from .compat import const, ticks_diff
 from .controller import END_COMPLETED, F_CRASH, HOME, Controller, Inputs
 from .sessionlog import LOG_FILE, SessionLog
 from .settings import DEFAULTS_CORRUPT, SETTINGS_FILE, Settings
+
+# The state status reports while commissioning runs instead of the controller.
+SETUP = "SETUP"
 
 # Written when a session starts, removed when its log entry is written: if it
 # is found at boot, a reset or power loss interrupted that session.
@@ -69,7 +72,14 @@ class App:
         self.hal = hal
         self.board = board
         self.inputs = Inputs()
-        self.ctl = Controller(board)
+        # This table's calibration (commissioning); without one GO is refused.
+        try:
+            self.calib, self.calib_status = calibration.load(hal.fs)
+        except Exception:  # noqa: BLE001 - the loop must run regardless
+            self.calib, self.calib_status = None, calibration.CORRUPT
+        self.ctl = Controller(board, self.calib)
+        self.setup = None  # commission.Commissioning while `invtable setup` runs
+        self.setup_last = None  # its final status, for the host once it ended
         if reset_fault is not None:
             self.ctl.latch_at_boot(reset_fault)
         self.crashes = 0
@@ -86,6 +96,7 @@ class App:
         self.uptime_s = 0
         self._uptime_rem_ms = 0
         self._last_ms = hal.clock.ticks_ms()
+        self._tick_ms = 1000 // board["control_hz"]
         self.epoch_s_at_set = None  # clock.set: epoch seconds...
         self._uptime_s_at_set = 0  # ...at this uptime
         self._session_start_s = None
@@ -118,7 +129,7 @@ class App:
         ctl = self.ctl
         session = ctl.session
         return {
-            "state": ctl.state,
+            "state": self.state_name(),
             "angle_mdeg": ctl.angle_mdeg,
             "target_mdeg": ctl.profile.pos_mdeg,
             "fault": ctl.fault,
@@ -135,7 +146,13 @@ class App:
             "settings_status": self.settings_status,
             "log_status": self.log.status,
             "interrupted_writes": self.interrupted_writes,
+            "commissioned": ctl.commissioned,
+            "calibration_status": self.calib_status,
         }
+
+    def state_name(self):
+        """The controller's state, or SETUP while commissioning runs instead."""
+        return SETUP if self.setup is not None else self.ctl.state
 
     # -------------------------------------------------------------- settings
     def _apply_settings(self):
@@ -177,7 +194,48 @@ class App:
     def at_rest_home(self):
         """At home, no session open, drive off: the only time maintenance may interrupt."""
         ctl = self.ctl
+        if self.setup is not None:
+            return False
         return ctl.state == HOME and ctl.session is None and not ctl.power
+
+    # ---------------------------------------------------------- commissioning
+    def start_setup(self):
+        """Begin commissioning (``commission``). Returns None, or (code,
+        message) when the table is not at rest at home."""
+        ctl = self.ctl
+        if self.setup is not None:
+            return "busy", "commissioning is already running"
+        if ctl.session is not None or ctl.power:
+            return "busy", "the table is in use: wait until it is at rest at home"
+        if not self.hal.home.closed():
+            return "not_home", "the home switch is open: bring the table home (upright) first"
+        from .commission import Commissioning
+
+        self.setup = Commissioning(self.board)
+        self.setup_last = None
+        return None
+
+    def _setup_tick(self, dt_ms):
+        setup = self.setup
+        setup.step(dt_ms, self.inputs)
+        if not setup.done:
+            return
+        status = setup.status()
+        if setup.result is not None:
+            try:
+                calibration.save(self.hal.fs, setup.result)
+                self.calib = setup.result
+                self.calib_status = calibration.OK
+                status["saved"] = True
+            except (OSError, ValueError) as error:
+                status["error"] = {"code": "storage_error",
+                                   "message": "the calibration could not be saved: %s" % error}
+                status["saved"] = False
+            status["calibration"] = setup.result
+        self.setup_last = status
+        self.setup = None
+        # Start again from BOOT on the new calibration (or the old one).
+        self._replace_controller()
 
     def _record_interrupted_session(self):
         """At boot: a session marker left on flash means a reset cut a session short."""
@@ -206,7 +264,9 @@ class App:
         return self.uptime_s * 1000 + self._uptime_rem_ms
 
     def _count_uptime(self, now_ms):
-        self._uptime_rem_ms += ticks_diff(now_ms, self._last_ms)
+        dt = ticks_diff(now_ms, self._last_ms)
+        self._tick_ms = dt if dt > 0 else 1
+        self._uptime_rem_ms += dt
         self._last_ms = now_ms
         while self._uptime_rem_ms >= 1000:
             self._uptime_rem_ms -= 1000
@@ -281,6 +341,18 @@ class App:
         inp.stop = hal.stop.pressed()
         inp.home = hal.home.closed()
         inp.overload = hal.actuator.overloaded()
+        if self.setup is not None:
+            setup = self.setup
+            self._setup_tick(self._tick_ms)
+            if setup.power:
+                hal.actuator.drive(setup.drive)
+            else:
+                hal.actuator.off()
+            hal.indicator.set(setup.power, True)  # beeps while it moves
+            if self.protocol is not None:
+                self.protocol.poll(now_ms)
+            hal.wdt.feed()
+            return
         ctl = self.ctl
         drive = ctl.step(now_ms, inp)
         if ctl.power:
@@ -298,6 +370,13 @@ class App:
 
     def _crashed(self, error):
         self.crashes += 1
+        if self.setup is not None:
+            # Commissioning dies with the exception: drive off (below), and it
+            # is reported as failed; the calibration is unchanged.
+            self.setup_last = self.setup.status()
+            self.setup_last["error"] = {"code": "internal", "message": "%s: %s" % (
+                type(error).__name__, error)}
+            self.setup = None
         self.last_error = "%s: %s" % (type(error).__name__, error)
         try:
             self.hal.actuator.off()
@@ -313,15 +392,20 @@ class App:
             # latched and never stepped again, keeps status and traces honest
             # (state FAULT, fault crash, the drive the routine commands).
             try:
-                ctl = Controller(self.board)
+                ctl = Controller(self.board, self.calib)
                 ctl.latch_now(F_CRASH)
                 self.ctl = ctl
             except Exception:  # noqa: BLE001 - the routine runs regardless
                 pass
             return
         # A fresh controller: the old one's state may be what broke.
-        self.ctl = Controller(self.board)
-        self.ctl.latch_at_boot(F_CRASH)
+        self._replace_controller(F_CRASH)
+
+    def _replace_controller(self, boot_fault=None):
+        """A fresh controller on the current calibration, with the program."""
+        self.ctl = Controller(self.board, self.calib)
+        if boot_fault is not None:
+            self.ctl.latch_at_boot(boot_fault)
         if self._program is not None:
             self.ctl.set_program(self._program[0], self._program[1])
 

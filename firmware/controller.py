@@ -24,11 +24,14 @@ Safety rules enforced here, whatever the inputs do:
     nor the smaller of the user's and the board's maximum angle.
 """
 
+from .calibration import effective_board
 from .compat import const, ticks_diff
 from .fusion import AngleEstimator, Mounting
 from .motion import Profile, braking_distance_mdeg
 from .program import Session
+from .stall import StallMonitor
 from .switches import Debounced, GoButton
+from .tracking import TableSpeed, followable
 
 BOOT = "BOOT"
 HOME = "HOME"
@@ -45,6 +48,7 @@ END_COMPLETED = "completed"
 END_STOPPED = "stopped"
 END_LIMIT = "limit"
 END_FAULT = "fault"
+END_CALIBRATION = "calibration_changed"  # the home switch was not where commissioning saw it
 
 # Fault codes: stable strings, reported in status, traces and the log.
 F_IMU_LOST = "imu_lost"  # the IMU cannot be read
@@ -57,6 +61,7 @@ F_HOME_OPEN = "home_switch_open"  # never closed at home
 F_HOME_NOT_REACHED = "home_not_reached"  # blind return timed out
 F_CRASH = "crash"  # an exception in the control loop
 F_WATCHDOG = "watchdog"  # the loop hung and the watchdog reset the board
+F_CANNOT_FOLLOW = "cannot_follow"  # the table moves, but persistently slower than asked
 
 WARN_MS = const(2000)  # audible warning between GO and the first motion
 BOOT_SETTLE_MS = const(600)  # covers the estimator's start-up averaging (fusion)
@@ -71,8 +76,6 @@ REST_READY_TIMEOUT_MS = const(300000)  # rest over, no GO within 5 min: session 
 IMU_ERROR_TICKS = const(3)  # consecutive failed reads = angle lost
 IMU_STUCK_TICKS = const(10)  # identical samples in a row = stuck (real noise never repeats)
 IMU_REJECT_TICKS = const(10)  # implausible samples in a row = angle untrusted
-STALL_WINDOW_MS = const(1000)
-STALL_MIN_EXPECTED_UDEG = const(1500000)  # judge motion only if >= 1.5 deg was commanded
 OVERLOAD_TICKS = const(2)
 RETRY_PAUSE_MS = const(1000)  # drive off before the single slow retry
 RETRY_CHECK_MS = const(2500)  # the retry must show motion within this
@@ -80,9 +83,25 @@ RETRY_CHECK_MS = const(2500)  # the retry must show motion within this
 PAUSE_REACHED_MDEG = const(1000)
 # Inverted time is counted from this far below 0 deg (estimator error).
 INVERTED_COUNT_MARGIN_MDEG = const(500)
-# Actuator speed lifting an 80 kg rider at the worst angle, permille of its
-# no-load speed (a lead-screw actuator loses ~15 % under that load).
-LIFT_SPEED_PERMILLE = const(850)
+# HOLD starts once the table itself (not only the reference) is this close
+# to the target.
+TARGET_REACHED_MDEG = const(500)
+# The reference waits (slows to WAIT_SPEED) while the table trails it by more
+# than FOLLOW_WAIT_MDEG beyond the trail its lag explains (speed x lag),
+# until the gap is back under FOLLOW_RESUME_MDEG beyond it; if it has to wait
+# FOLLOW_FAULT_MS in one motion the table cannot follow: a fault.
+FOLLOW_WAIT_MDEG = const(2000)
+FOLLOW_RESUME_MDEG = const(1000)
+FOLLOW_FAULT_MS = const(6000)
+WAIT_SPEED_MDEG_S = const(100)
+# At rest at home the estimate must agree with the commissioned home angle
+# within HOME_AGREE_MDEG (the rest position itself varies by about the
+# switch's travel); where the home switch opens leaving home and closes
+# coming back must agree with commissioning within EDGE_AGREE_MDEG. Beyond
+# either, GO is refused (go_refused_calibration_changed): run setup again.
+HOME_AGREE_MDEG = const(2500)
+EDGE_AGREE_MDEG = const(700)
+REST_CHECK_MS = const(1000)  # at rest this long before the rest check
 # Feedback: permille of drive per mdeg of tracking error (1 deg error ->
 # about 2 deg/s of correction on a 12 deg/s actuator).
 _KP_NUM = const(1)
@@ -108,17 +127,38 @@ class Inputs:
 
 
 class Controller:
-    def __init__(self, board):
+    def __init__(self, board, calib=None):
+        # The board file with this table's measured values in place of the
+        # nominal ones (calibration.effective_board). Without a calibration the
+        # table is not commissioned: the board file's numbers are used to get
+        # home, and GO is refused.
+        self.commissioned = calib is not None
+        if calib is not None:
+            board = effective_board(board, calib)
         self.board = board
         self.dt_nominal_ms = 1000 // board["control_hz"]
         self.home_angle_mdeg = board["home_angle_mdeg"]
+        self.home_open_mdeg = board.get("home_open_mdeg")
+        self.home_close_mdeg = board.get("home_close_mdeg")
         self.max_accel_mdeg_s2 = board["max_accel_mdeg_s2"]
         self.actuator_speed_mdeg_s = board["actuator_speed_mdeg_s"]
         self.recovery_speed_mdeg_s = board["recovery_speed_mdeg_s"]
         self.actuator_lag_ms = board.get("actuator_lag_ms", 0)
+        self.speed = TableSpeed(
+            board.get("actuator_speed_down_mdeg_s", self.actuator_speed_mdeg_s),
+            board.get("actuator_speed_up_mdeg_s", self.actuator_speed_mdeg_s),
+            self.actuator_lag_ms,
+        )
+        self.stall = StallMonitor(self.actuator_lag_ms)
         self._prev_ref_vel = 0
-        # The drive may never command more than the board's hard speed cap.
-        self.drive_cap = board["max_speed_mdeg_s"] * 1000 // self.actuator_speed_mdeg_s
+        # The drive may never command more than the board's hard speed cap
+        # (at the faster direction's measured speed).
+        drive_cap = board["max_speed_mdeg_s"] * 1000 // self.actuator_speed_mdeg_s
+        self.drive_cap = drive_cap if drive_cap < 1000 else 1000
+        self.calibration_changed = False  # the home check failed: GO refused
+        self._prev_home_raw = False
+        self._waiting = False  # the reference waits for the table
+        self._wait_ms = 0
         travel_mdeg = board["max_angle_mdeg"] - self.home_angle_mdeg
         # Blind return time cap: the whole travel at recovery speed, plus half again.
         self.blind_cap_ms = travel_mdeg * 3 // 2 * 1000 // self.recovery_speed_mdeg_s + 5000
@@ -163,11 +203,6 @@ class Controller:
         self._imu_errors = 0
         self._prev_raw = [0, 0, 0, 0, 0, 0]
         self._same_raw = 0
-        # stall detection
-        self._window_ms = 0
-        self._expected_udeg = 0
-        self._window_start_mdeg = 0
-        self._window_dir = 0  # sign of the drive the current window judges
         self._overload_ticks = 0
         self._home_open_ms = 0
         self._homeward_ms = 0
@@ -228,6 +263,14 @@ class Controller:
         if self.fault is None:
             self._check_faults(inp, dt)
         self._account(dt)
+        if self.estimator.ready:
+            self.speed.observe(
+                dt, self.drive, self.power, self.profile.vel_mdeg_s, self.estimator.angle_mdeg
+            )
+        edge = inp.home != self._prev_home_raw
+        self._prev_home_raw = inp.home
+        if edge and self.commissioned and self.fault is None:
+            self._check_home_edge(inp.home)
 
         state = self.state
         if state == FAULT:
@@ -290,43 +333,17 @@ class Controller:
         self._check_stall(dt)
 
     def _check_stall(self, dt):
-        """Driven for a window but the angle moved < 1/4 of what was commanded."""
+        """Driven, but the table does not move (stall.StallMonitor)."""
         # At the home switch only the drive into it is exempt (the end stop
         # stops it); a drive away from home that does not move is a stall.
+        angle = self.estimator.angle_mdeg
         if not self.power or (self.home.level and self.drive <= 0):
-            self._window_ms = 0
-            self._expected_udeg = 0
-            self._window_start_mdeg = self.estimator.angle_mdeg
+            self.stall.reset(angle)
             return
-        direction = 0
-        if self.drive > 0:
-            direction = 1
-        elif self.drive < 0:
-            direction = -1
-        if direction != self._window_dir:
-            # A window must judge one drive direction only: across a reversal
-            # (e.g. braking after STOP) the actuator's lag and the linkage's
-            # play make the table trail the command, and the sum of +/- drive
-            # over such a window falsely looked like a stall (a normal STOP
-            # latched F_STALL, cut the drive while inverted, then crept home).
-            self._window_dir = direction
-            self._window_ms = 0
-            self._expected_udeg = 0
-            self._window_start_mdeg = self.estimator.angle_mdeg
-        self._expected_udeg += self.drive * self.actuator_speed_mdeg_s // 1000 * dt
-        self._window_ms += dt
-        if self._window_ms < STALL_WINDOW_MS:
-            return
-        expected_mdeg = self._expected_udeg // 1000
-        moved_mdeg = self.estimator.angle_mdeg - self._window_start_mdeg
-        if expected_mdeg < 0:
-            expected_mdeg = -expected_mdeg
-            moved_mdeg = -moved_mdeg
-        if expected_mdeg * 1000 >= STALL_MIN_EXPECTED_UDEG and moved_mdeg * 4 < expected_mdeg:
+        direction = 1 if self.drive >= 0 else -1
+        full = self.speed.stall_speed(direction)
+        if self.stall.update(dt, self.drive, full, angle):
             self._latch(F_STALL, _GO_HOME_RETRY)
-        self._window_ms = 0
-        self._expected_udeg = 0
-        self._window_start_mdeg = self.estimator.angle_mdeg
 
     def _account(self, dt):
         if self.session is None or not self.estimator.ready:
@@ -345,6 +362,8 @@ class Controller:
     def _enter(self, state):
         self.state = state
         self._state_ms = 0
+        self._waiting = False
+        self._wait_ms = 0
 
     def _warn(self, code):
         self.warning = code
@@ -420,7 +439,11 @@ class Controller:
             # Go home on the trusted angle, slowly, then stay latched.
             self._latch(self._boot_fault, _GO_HOME_TRUSTED)
             return
-        if self.home.level and angle < self.home_angle_mdeg + NEAR_HOME_MDEG:
+        if self.home.level and (
+            angle < self.home_angle_mdeg + NEAR_HOME_MDEG or not self.commissioned
+        ):
+            # (Not commissioned: the angle may be read on the wrong axes; the
+            # switch says home, and no session can start anyway.)
             self._enter(HOME)
             return
         # Not at home after a reset or power loss: never resume, go home slowly.
@@ -431,8 +454,37 @@ class Controller:
         self._drive_off()
         if self._home_switch_opened():
             return
+        self._check_home_rest()
         if self.go.pressed:
             self._try_start()
+
+    def _check_home_rest(self, now=False):
+        """At rest at home the angle must agree with the commissioned home angle
+        (checked once at rest for REST_CHECK_MS, and ``now`` on a GO press)."""
+        if not self.commissioned or not self.home.level:
+            return
+        if not now and self._state_ms < REST_CHECK_MS:
+            return
+        error = self.estimator.angle_mdeg - self.home_angle_mdeg
+        if error > HOME_AGREE_MDEG or error < -HOME_AGREE_MDEG:
+            self.calibration_changed = True
+
+    def _check_home_edge(self, closed):
+        """The raw home switch changed: is the table where commissioning saw it do so?"""
+        if closed:
+            expected = self.home_close_mdeg
+            moving = self.drive < 0 and (self.state == RETURN)
+        else:
+            expected = self.home_open_mdeg
+            moving = self.drive > 0 and self.state == RAMP
+        if expected is None or not moving:
+            return
+        error = self.estimator.angle_mdeg - expected
+        if error > EDGE_AGREE_MDEG or error < -EDGE_AGREE_MDEG:
+            self.calibration_changed = True
+            self._warn("calibration_changed")
+            if self.state == RAMP:
+                self._begin_return(END_CALIBRATION)
 
     def _home_switch_opened(self):
         """At rest at home the switch must stay closed: opening for 300 ms while
@@ -455,6 +507,7 @@ class Controller:
         program, limits = self._pending
         if self.state == HOME:
             self.session = Session(program, limits, self.board)
+            self.speed.reset_session()
             self.sets_done = 0
             self.inverted_ms = 0
             self.max_angle_mdeg = self.estimator.angle_mdeg
@@ -468,6 +521,11 @@ class Controller:
             return "go_refused_stop_pressed"
         if self.fault is not None:
             return "go_refused_fault"
+        if not self.commissioned:
+            return "go_refused_not_commissioned"
+        self._check_home_rest(True)
+        if self.calibration_changed:
+            return "go_refused_calibration_changed"
         if self._pending is None:
             return "go_refused_no_program"
         near_home = self.estimator.angle_mdeg <= self.home_angle_mdeg + NEAR_HOME_MDEG
@@ -495,6 +553,7 @@ class Controller:
         self._drive_off()
         if self._home_switch_opened():
             return
+        self._check_home_rest()
         if self.stop.level:
             self._cancel_at_home()
         elif self.go.pressed:
@@ -513,12 +572,44 @@ class Controller:
             self._run_return(dt)
             return
         profile = self.profile
-        profile.advance(self.target_mdeg, session.speed_mdeg_s, session.accel_mdeg_s2, dt)
-        if self.state == RAMP and profile.at(self.target_mdeg):
+        speed = followable(session.speed_mdeg_s, self.drive_cap, self.speed.down_full())
+        speed = self._wait_for_table(speed, dt)
+        if self.fault is not None:
+            self._run_fault(dt)
+            return
+        profile.advance(self.target_mdeg, speed, session.accel_mdeg_s2, dt)
+        if self.state == RAMP and profile.at(self.target_mdeg) and self._at_target():
+            # HOLD starts when the table, not only the reference, is there.
             self._enter(HOLD)
         elif self.state == HOLD and self._state_ms >= session.hold_ms:
             self._begin_return(END_COMPLETED)
         self._track(self.drive_cap)
+
+    def _at_target(self):
+        error = self.estimator.angle_mdeg - self.target_mdeg
+        return -TARGET_REACHED_MDEG <= error <= TARGET_REACHED_MDEG
+
+    def _wait_for_table(self, speed, dt):
+        """The reference speed limit for this tick: ``speed``, or a crawl while
+        the table trails the reference by more than FOLLOW_WAIT_MDEG. Waiting
+        too long in one motion latches F_CANNOT_FOLLOW."""
+        vel = self.profile.vel_mdeg_s
+        trail = self.profile.pos_mdeg - self.estimator.angle_mdeg
+        if vel < 0:
+            trail = -trail
+            vel = -vel
+        trail -= vel * self.actuator_lag_ms // 1000  # what the lag explains
+        if self._waiting:
+            if trail < FOLLOW_RESUME_MDEG or vel == 0:
+                self._waiting = False
+        elif vel != 0 and trail > FOLLOW_WAIT_MDEG:
+            self._waiting = True
+        if not self._waiting:
+            return speed
+        self._wait_ms += dt
+        if self._wait_ms > FOLLOW_FAULT_MS:
+            self._latch(F_CANNOT_FOLLOW, _GO_HOME_TRUSTED)
+        return WAIT_SPEED_MDEG_S
 
     def _return_due(self):
         """True when the inverted-time budget only just covers the way back to 0 deg."""
@@ -538,19 +629,20 @@ class Controller:
             pos += braking_distance_mdeg(vel, accel)
         if pos <= 0:
             return total_ms
-        # then accelerate and cruise down to 0 deg. Plan the cruise at the
-        # speed the capped drive really delivers while lifting the rider
-        # (the actuator is up to LIFT_SPEED_PERMILLE of its no-load speed):
-        # at the board's top speed the table trails the reference, and a
-        # plan at the reference speed overran the inverted-time budget.
-        lift_speed = self.drive_cap * self.actuator_speed_mdeg_s // 1000
-        lift_speed = lift_speed * LIFT_SPEED_PERMILLE // 1000
-        if lift_speed < speed:
-            total_ms += pos * 1000 // lift_speed + speed * 1000 // (2 * accel)
-        else:
-            total_ms += pos * 1000 // speed + speed * 1000 // (2 * accel)
-        # margin: actuator lag, estimator error (0.5 deg), a late tick
-        return total_ms + 300 + 500000 // speed + 2 * self.dt_nominal_ms
+        # then accelerate and cruise down to 0 deg, at the speed the table
+        # can follow lifting this rider (a plan at a speed the table cannot
+        # deliver overran the inverted-time budget).
+        speed = self._return_speed(speed)
+        total_ms += pos * 1000 // speed + speed * 1000 // (2 * accel)
+        # margin: actuator lag (twice: the start and the end of the way
+        # down), estimator error (0.5 deg), a late tick
+        margin_ms = 2 * self.actuator_lag_ms + 100 + 500000 // speed
+        return total_ms + margin_ms + 2 * self.dt_nominal_ms
+
+    def _return_speed(self, speed):
+        """The return's reference speed: ``speed`` or, if lower, what the table
+        can follow lifting this rider (tracking.TableSpeed.up_full)."""
+        return followable(speed, self.drive_cap, self.speed.up_full())
 
     def _run_return(self, dt):
         if self.go.pressed:
@@ -571,6 +663,10 @@ class Controller:
         speed = self.recovery_speed_mdeg_s
         if self.session is not None:
             speed = self.session.speed_mdeg_s
+        speed = self._wait_for_table(self._return_speed(speed), dt)
+        if self.fault is not None:
+            self._run_fault(dt)
+            return
         if self.stop.rose and self._hold_end_reason != END_STOPPED:
             # STOP on the way home: the session ends here, no pause, no more sets.
             self._pause_done = True
@@ -636,7 +732,8 @@ class Controller:
         vel = self.profile.vel_mdeg_s
         lead = (vel - self._prev_ref_vel) * self.actuator_lag_ms // self._dt_ms
         self._prev_ref_vel = vel
-        drive = (vel + lead) * 1000 // self.actuator_speed_mdeg_s
+        wanted = vel + lead
+        drive = wanted * 1000 // self.speed.feed_forward(wanted)
         drive += (self.profile.pos_mdeg - self.estimator.angle_mdeg) * _KP_NUM // _KP_DEN
         if drive > cap:
             drive = cap

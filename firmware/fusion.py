@@ -78,11 +78,20 @@ class Mounting:
         gyro_index, self.gyro_sign = parse_axis(imu["gyro"])
         self.gyro_index = 3 + gyro_index
         self.offset_mdeg = imu.get("offset_mdeg", 0)
+        # The accelerometer's zero error on each sensor axis (commissioning
+        # measures it in the tilt plane), subtracted before the angle.
+        bias = imu.get("accel_bias_mg", (0, 0, 0))
+        self.along_bias_mg = bias[self.along_index]
+        self.normal_bias_mg = bias[self.normal_index]
+        # The gyro's zero rate on the tilt axis (as a tilt rate), measured at
+        # rest by commissioning: the estimator starts from it and keeps
+        # learning (temperature moves it).
+        self.gyro_bias_mdeg_s = imu.get("gyro_bias_mdeg_s", 0)
 
     def accel_angle_mdeg(self, raw):
         """Tilt from gravity alone: theta = atan2(-f_along, f_normal) - mounting offset."""
-        along = raw[self.along_index] * self.along_sign
-        normal = raw[self.normal_index] * self.normal_sign
+        along = (raw[self.along_index] - self.along_bias_mg) * self.along_sign
+        normal = (raw[self.normal_index] - self.normal_bias_mg) * self.normal_sign
         return iatan2_mdeg(-along, normal) - self.offset_mdeg
 
     def rate_mdeg_s(self, raw):
@@ -96,7 +105,7 @@ class AngleEstimator:
     def __init__(self, mounting):
         self.mounting = mounting
         self.angle_udeg = 0
-        self.bias_mdeg_s = 0
+        self.bias_mdeg_s = mounting.gyro_bias_mdeg_s
         self._bias_acc = 0
         self.ready = False
         self.rejected_in_row = 0  # consecutive samples rejected as implausible

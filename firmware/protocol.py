@@ -101,6 +101,14 @@ _COMMANDS = {
     "log.read": ("_cmd_log_read", _NO_ARGS, {"start": _INT, "count": _INT}, False, False),
     "log.clear": ("_cmd_log_clear", {"pin": _STR}, _NO_ARGS, True, True),
     "clock.set": ("_cmd_clock_set", {"epoch_s": _INT}, _NO_ARGS, False, False),
+    # Commissioning (firmware/commission.py): start needs the admin PIN and
+    # the table at rest at home (checked by App.start_setup); cancel is
+    # always allowed, as STOP is.
+    "setup.start": ("_cmd_setup_start", {"pin": _STR}, _NO_ARGS, False, True),
+    "setup.status": ("_cmd_setup_status", _NO_ARGS, _NO_ARGS, False, False),
+    "setup.level": ("_cmd_setup_level", {"angle_mdeg": _INT, "where": _STR}, _NO_ARGS, False,
+                    False),
+    "setup.cancel": ("_cmd_setup_cancel", _NO_ARGS, _NO_ARGS, False, False),
 }
 COMMANDS = tuple(sorted(_COMMANDS))
 
@@ -248,6 +256,8 @@ class Protocol:
                 # a stray member still gets its error reply, but never keeps
                 # the table from heading home.
                 self.app.ctl.remote_stop()
+                if self.app.setup is not None:
+                    self.app.setup.cancel()
             if "id" in req:
                 rid = req["id"]
                 int_ok = _is_int(rid) and 0 <= rid <= ID_MAX
@@ -319,6 +329,9 @@ class Protocol:
         return getattr(self, handler)(args, now_ms)
 
     def _require_home(self):
+        if self.app.setup is not None:
+            raise ProtocolError("busy", "commissioning is running (setup.cancel ends it)",
+                                {"state": "SETUP"})
         ctl = self.app.ctl
         if ctl.state != HOME or ctl.session is not None:
             state = ctl.state
@@ -344,6 +357,9 @@ class Protocol:
             },
             "max_users": MAX_USERS,
             "line_max": LINE_MAX,
+            "commissioned": self.app.calib is not None,
+            "calibration_status": self.app.calib_status,
+            "calibration": self.app.calib,
         }
 
     def _cmd_status(self, args, now_ms):
@@ -353,6 +369,39 @@ class Protocol:
         ctl = self.app.ctl
         ctl.remote_stop()
         return {"state": ctl.state}
+
+    def _cmd_setup_start(self, args, now_ms):
+        refused = self.app.start_setup()
+        if refused is not None:
+            raise ProtocolError(refused[0], refused[1])
+        return self.app.setup.status()
+
+    def _cmd_setup_status(self, args, now_ms):
+        app = self.app
+        if app.setup is not None:
+            status = app.setup.status()
+            status["active"] = True
+            return status
+        if app.setup_last is not None:
+            status = dict(app.setup_last)
+            status["active"] = False
+            return status
+        return {"active": False, "step": None, "done": False}
+
+    def _cmd_setup_level(self, args, now_ms):
+        setup = self.app.setup
+        if setup is None:
+            raise ProtocolError("not_running", "commissioning is not running (setup.start)")
+        refused = setup.give_level(args["angle_mdeg"], args["where"])
+        if refused is not None:
+            raise ProtocolError(refused[0], refused[1])
+        return {"step": setup.step_name}
+
+    def _cmd_setup_cancel(self, args, now_ms):
+        setup = self.app.setup
+        if setup is not None:
+            setup.cancel()
+        return {"cancelled": setup is not None}
 
     def _cmd_telemetry(self, args, now_ms):
         rate = _check_range("rate_hz", args["rate_hz"], 0, TELEMETRY_MAX_HZ)
@@ -477,7 +526,7 @@ class Protocol:
     def _events(self, now_ms):
         app = self.app
         ctl = app.ctl
-        state = ctl.state
+        state = app.state_name()
         if state is not self._last_state and state != self._last_state:
             self._send(
                 {
@@ -518,7 +567,7 @@ class Protocol:
             {
                 "event": "telemetry",
                 "t_ms": app.uptime_ms,
-                "state": ctl.state,
+                "state": app.state_name(),
                 "angle_mdeg": ctl.angle_mdeg,
                 "target_mdeg": ctl.profile.pos_mdeg,
                 "inverted_ms": ctl.inverted_ms,

@@ -14,7 +14,7 @@ from . import storage
 
 LOG_FILE = "sessions.json"
 MAX_ENTRIES = 50
-ENDS = ("completed", "stopped", "limit", "fault", "interrupted")
+ENDS = ("completed", "stopped", "limit", "fault", "interrupted", "calibration_changed")
 _TEXT_MAX_LEN = 32
 
 

@@ -18,11 +18,18 @@ itself, handled here:
 Portable: runs under CPython and MicroPython (the tests do both).
 """
 
+from ..firmware import calibration as calib_store
 from ..firmware.app import App
 from ..firmware.controller import F_WATCHDOG, FAULT, HOME, REST
 from ..firmware.hal import Hal
 from .flash import PowerLoss, SimFlash
 from .table import SimTable
+
+# ``calibration`` argument: commission the simulated table first (on the same
+# world, as a builder would after building it), silently; the result is
+# cached per board, world and seed, so a test suite pays for it once.
+AUTO = "auto"
+_commissioned = {}
 
 POWER_OFF_MS = 500  # how long the board stays dark after a power loss
 WATCHDOG_MS = 1000  # watchdog timeout when the board file does not set one
@@ -82,8 +89,19 @@ class Scenario:
     """A simulated table with its firmware, advanced tick by tick."""
 
     def __init__(
-        self, board, program, limits, seed=0, rider_mass_kg=80.0, start_angle_deg=None, world=None
+        self,
+        board,
+        program,
+        limits,
+        seed=0,
+        rider_mass_kg=80.0,
+        start_angle_deg=None,
+        world=None,
+        calibration=AUTO,
     ):
+        """``calibration``: AUTO (commissioned on this world first), None (not
+        commissioned: GO is refused), or a calibration dict stored on the
+        board's flash before it boots."""
         self.board = board
         self.program = program
         self.limits = limits
@@ -91,11 +109,16 @@ class Scenario:
         self.table = SimTable(board, seed, rider_mass_kg, start_angle_deg, world)
         self.table.wdt.timeout_ms = board.get("wdt_timeout_ms", WATCHDOG_MS)
         self.flash = SimFlash()
+        if calibration == AUTO:
+            calibration = commissioned_calibration(board, seed, world)
+        if calibration is not None:
+            calib_store.save(self.flash, calibration)
         self.imu = _CrashingImu(self.table.imu)
         self.app = None
         self.boots = 0
         self.faults_seen = []
         self.ends = []  # how each session ended
+        self.warnings_seen = []  # notices (refused GO, calibration_changed...)
         self._dark_until_ms = None
         self._hung = False
         self._boot(None)
@@ -159,6 +182,8 @@ class Scenario:
                 self.faults_seen.append(ctl.fault)
             if ctl.session_ended:
                 self.ends.append(ctl.end_reason)
+            if ctl.warning is not None and ctl.warning not in self.warnings_seen:
+                self.warnings_seen.append(ctl.warning)
         table.step(self.dt_ms)
 
     def row(self, event=""):
@@ -206,6 +231,32 @@ class Scenario:
         return ctl.state == HOME and ctl.session is None
 
 
+def commission_status(board, seed=0, world=None):
+    """Commission a fresh simulated table on ``world``; the routine's final
+    status (``measured``, ``calibration``). Raises builder.CommissionFailed."""
+    from .builder import commission
+
+    sim = Scenario(board, None, None, seed, world=world, calibration=None)
+    return commission(sim)
+
+
+def commissioned_calibration(board, seed=0, world=None):
+    """The calibration commissioning measures on ``world`` (cached)."""
+    key = (seed, repr(sorted(board.items())), repr(world))
+    calib = _commissioned.get(key)
+    if calib is None:
+        calib = commission_status(board, seed, world)["calibration"]
+        _commissioned[key] = calib
+    return calib
+
+
+def commission_flash(fs, board, seed=0, world=None):
+    """Store on ``fs`` the calibration commissioning measures on ``world``
+    (a simulated board that starts commissioned). Returns ``fs``."""
+    calib_store.save(fs, commissioned_calibration(board, seed, world))
+    return fs
+
+
 def parse_event(text):
     """'12.5:stop' -> (12500, 'stop'). Raises ValueError with a readable message."""
     if ":" not in text:
@@ -237,6 +288,9 @@ def run(
     rider_mass_kg=80.0,
     start_angle_deg=None,
     world=None,
+    calibration=AUTO,
+    commission=False,
+    commission_world=None,
 ):
     """Run a scenario; ``sink(row)`` gets every trace row. Returns a summary dict.
 
@@ -254,7 +308,16 @@ def run(
                 auto_go = False
     if auto_go:
         events = sorted(list(events) + [(1000, "go")])
-    sim = Scenario(board, program, limits, seed, rider_mass_kg, start_angle_deg, world)
+    commissioning = None
+    if commission:
+        # Commission first (on commission_world: hardware changed since), then
+        # run the session on the board that now holds that calibration.
+        on = commission_world if commission_world is not None else world
+        commissioning = commission_status(board, seed, on)
+        calibration = commissioning["calibration"]
+    sim = Scenario(
+        board, program, limits, seed, rider_mass_kg, start_angle_deg, world, calibration
+    )
     limit_ms = int(duration_s * 1000) if duration_s is not None else 3600 * 1000
     settle_ms = int(settle_s * 1000)
     next_event = 0
@@ -294,7 +357,7 @@ def run(
             else:
                 settled_since = None
     ctl = sim.ctl
-    return {
+    summary = {
         "duration_s": sim.now_ms / 1000,
         "max_angle_deg": max_true,
         "inverted_s": inverted_true_ms / 1000,
@@ -308,4 +371,11 @@ def run(
         "drive_off": not (ctl is not None and ctl.power),
         "log": sim.app.log.entries() if sim.app is not None else [],
         "last_error": sim.app.last_error if sim.app is not None else None,
+        "warnings_seen": sim.warnings_seen,
     }
+    if commissioning is not None:
+        summary["commissioning"] = {
+            "measured": commissioning["measured"],
+            "calibration": commissioning["calibration"],
+        }
+    return summary

@@ -24,9 +24,10 @@ import time
 import tty
 
 from ..firmware.app import App
+from ..firmware.calibration import CALIB_FILE
 from .dirflash import DirFlash
 from .flash import PowerLoss
-from .scenario import build_hal
+from .scenario import build_hal, commission_flash
 from .table import SimTable
 
 POWER_OFF_MS = 500  # the board stays dark this long after "power_loss"
@@ -63,6 +64,11 @@ class SimBoard:
         self.table = SimTable(board, seed, world=world)
         self.table.wdt.timeout_ms = board.get("wdt_timeout_ms", 1000)
         self.flash = DirFlash(state_dir)
+        if world is None and self.flash.read_bytes(CALIB_FILE) is None:
+            # A table exactly as its board file says starts commissioned (as a
+            # builder would have left it); a --world table waits for
+            # `invtable setup`. A state dir keeps whatever it holds.
+            commission_flash(self.flash, board, seed)
         self.app = None
         self.boots = 0
         self._dark_until_ms = None

@@ -48,7 +48,7 @@ from invariants import (  # noqa: F401 - re-exported for test_faults
 from invariants import FAULT_COL as FAULT  # noqa: F401
 
 from invtable.boards.esp32_devkitc import BOARD
-from invtable.firmware import controller
+from invtable.firmware import controller, stall
 from invtable.hal_sim import scenario
 
 # The documented fault codes (firmware/controller.py F_*): stable strings that
@@ -71,7 +71,7 @@ UNTRUSTED_ANGLE_CODES = ("imu_lost", "imu_stuck", "imu_implausible")
 BOOT_SETTLE_MS = controller.BOOT_SETTLE_MS  # estimator start-up after a boot
 RETRY_PAUSE_MS = controller.RETRY_PAUSE_MS  # drive off before the retry
 RETRY_CHECK_MS = controller.RETRY_CHECK_MS  # the retry must show motion
-STALL_WINDOW_MS = controller.STALL_WINDOW_MS
+STALL_WINDOW_MS = stall.WINDOW_MS
 HOME_SEEK_MS = controller.HOME_SEEK_MS  # creep into the switch
 HOME_SWITCH_FAR_DEG = controller.HOME_SWITCH_FAR_MDEG / 1000
 WATCHDOG_MS = BOARD["wdt_timeout_ms"]  # 500 ms, the board's hardware watchdog
@@ -99,14 +99,26 @@ def session_speed_deg_s(board, program, limits):
     return max(100, min(program["speed_mdeg_s"], cap)) / 1000.0
 
 
-def recovery_permille(board):
-    """Drive of the slow blind / retry return, in permille (166 on the DevKitC)."""
+def commissioned(board, seed=0):
+    """The board as the firmware runs it: the board file with what
+    commissioning measured on the simulated table (scenario.AUTO)."""
+    from invtable.firmware.calibration import effective_board
+
+    return effective_board(board, scenario.commissioned_calibration(board, seed))
+
+
+def recovery_permille(board, seed=0):
+    """Drive of the slow blind / retry return, in permille (about 166 on the
+    DevKitC): from the actuator speed commissioning measured."""
+    board = commissioned(board, seed)
     return board["recovery_speed_mdeg_s"] * 1000 // board["actuator_speed_mdeg_s"]
 
 
-def blind_cap_ms(board):
+def blind_cap_ms(board, seed=0):
     """Time cap of a return without a trusted angle: the whole travel at the
-    recovery speed plus half again, plus 5 s (117.5 s on the DevKitC)."""
+    recovery speed plus half again, plus 5 s (about 117.5 s on the DevKitC),
+    from the home angle commissioning measured."""
+    board = commissioned(board, seed)
     travel_mdeg = board["max_angle_mdeg"] - board["home_angle_mdeg"]
     return travel_mdeg * 3 // 2 * 1000 // board["recovery_speed_mdeg_s"] + 5000
 

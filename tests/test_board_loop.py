@@ -10,7 +10,7 @@ from invtable.boards.esp32_devkitc import BOARD
 from invtable.firmware import compat
 from invtable.firmware.app import run
 from invtable.hal_sim.flash import SimFlash
-from invtable.hal_sim.scenario import build_hal
+from invtable.hal_sim.scenario import build_hal, commission_flash
 from invtable.hal_sim.table import SimTable
 
 PROGRAM = dict(angle_mdeg=20000, hold_ms=3000, sets=1, rest_ms=0, speed_mdeg_s=5000,
@@ -61,7 +61,7 @@ class StartableWdt:
 
 def make_board_loop():
     table = SimTable(BOARD, seed=2)
-    hal = build_hal(table, SimFlash())
+    hal = build_hal(table, commission_flash(SimFlash(), BOARD, seed=2))
     hal.console = Console()
     hal.wdt = StartableWdt(table.wdt)
     return table, hal, SimTime(table)

@@ -17,6 +17,7 @@ from invtable.firmware.auth import DEFAULT_PIN
 from invtable.firmware.controller import HOME, RAMP, RETURN, WARN
 from invtable.firmware.hal import Hal
 from invtable.hal_sim.flash import PowerLoss, SimFlash
+from invtable.hal_sim.scenario import commission_flash
 from invtable.hal_sim.table import SimTable
 
 ADMIN_PIN = "73914682"  # set on the fixture boards; the fuzzers never send it
@@ -30,7 +31,9 @@ class Rig:
     def __init__(self, flash=None, seed=0, board=BOARD):
         self.board = board
         self.seed = seed
-        self.flash = flash if flash is not None else SimFlash()
+        if flash is None:
+            flash = commission_flash(SimFlash(), board, seed)
+        self.flash = flash
         self.boot()
 
     def boot(self):

@@ -211,7 +211,12 @@ def test_stop_from_full_speed_brakes_within_the_allowance():
     summary, rows = inv.record(BOARD, program, limits, events=[(1000, "go"), (10000, "stop")])
     press = inv.stop_presses(rows)[0]
     assert rows[press - 1][inv.STATE] == "RAMP"
-    assert abs(rows[press - 1][inv.REF_SPEED] - 10.0) < 1e-9  # really at full speed
+    # Really at full speed: the fastest the reference goes on this table, which
+    # is the 10 deg/s asked for, or less where the actuator at the drive cap
+    # could not follow it with room for feedback (tracking.FOLLOW_PERMILLE).
+    top = max(row[inv.REF_SPEED] for row in rows[:press])
+    assert abs(rows[press - 1][inv.REF_SPEED] - top) < 1e-9
+    assert 0.85 * 10.0 <= top <= 10.0
     rise, end = inv.check_stop_response(rows, press, BOARD, limits)
     inv.check_all(summary, rows, BOARD, limits)
     # The reference is at rest within about a second (DESIGN: "within about a second").
