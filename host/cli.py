@@ -10,7 +10,7 @@ from invtable import __version__
 from invtable.hal_sim.scenario import ACTIONS as SIM_ACTIONS
 from invtable.host import simview
 from invtable.host.boards import DEFAULT_BOARD, board_names, load_board
-from invtable.host.worlds import make_world, world_option
+from invtable.host.worlds import make_world, read_world_file, world_option
 
 # A beginner's session from the source documents: 15-30 deg for 30 s - 2 min,
 # building from one-minute sets; about 3-5 deg/s; a short rest near
@@ -94,21 +94,40 @@ def _board(ctx, param, name):
 @click.option("--seed", type=int, default=0, show_default=True,
               help="Seed for sensor noise and biases.")
 @world_option
+@click.option("--commission", is_flag=True,
+              help="Commission the table first (the firmware's `invtable setup` routine, "
+              "the builder simulated); the session, its trace, --event times and "
+              "--duration start when it has finished. Needed with --world: a table "
+              "that is not the board file starts uncommissioned and refuses GO.")
+@click.option("--commission-on", "commission_data", metavar="FILE2.json",
+              callback=read_world_file,
+              help="Commission on FILE2's hardware, then run the session on --world's "
+              "(the hardware changed after commissioning). Implies --commission.")
 @click.option("--json", "as_json", is_flag=True, help="Print only a JSON summary.")
 def sim_run(trace_path, board, angle_deg, hold_s, sets, rest_s, speed_deg_s, max_angle_deg,
-            max_inverted_s, exit_pause_s, events, duration_s, seed, world_data, as_json):
+            max_inverted_s, exit_pause_s, events, duration_s, seed, world_data, commission,
+            commission_data, as_json):
     """Run one session on the simulated table, as fast as the CPU allows.
 
     The firmware is the real one; only the hardware is simulated, by default
-    exactly as the board file describes it; --world says where the real table
-    differs. Example:
+    exactly as the board file describes it (and commissioned); --world says
+    where the real table differs. Example:
 
       invtable sim run --angle 45 --hold 60 --event 30:stop --trace out.csv
+      invtable sim run --world slow.json --commission --json
     """
     from invtable.hal_sim import scenario
+    from invtable.hal_sim.builder import CommissionFailed
 
     board_name, board_dict = board
     world = make_world(board_dict, world_data)
+    commission_world = None
+    if commission_data is not None:
+        commission_world = make_world(board_dict, commission_data, "--commission-on")
+        commission = True
+    # Without --world the table is the board file and starts commissioned; a
+    # --world table is only commissioned by --commission.
+    calibration = scenario.AUTO if world_data is None else None
     if max_angle_deg is None:
         max_angle_deg = angle_deg
     if angle_deg > max_angle_deg:
@@ -139,7 +158,8 @@ def sim_run(trace_path, board, angle_deg, hold_s, sets, rest_s, speed_deg_s, max
     view = None
     if not as_json:
         world_text = world.describe() if world_data is not None else None
-        view = simview.SessionView(board_name, program, limits, events, world=world_text)
+        view = simview.SessionView(board_name, program, limits, events, world=world_text,
+                                   commissioned=commission or calibration is not None)
     writer = None
     trace_file = None
     if trace_path:
@@ -155,7 +175,11 @@ def sim_run(trace_path, board, angle_deg, hold_s, sets, rest_s, speed_deg_s, max
 
     try:
         summary = scenario.run(board_dict, program, limits, events=events,
-                               duration_s=duration_s, seed=seed, sink=sink, world=world)
+                               duration_s=duration_s, seed=seed, sink=sink, world=world,
+                               calibration=calibration, commission=commission,
+                               commission_world=commission_world)
+    except CommissionFailed as failed:
+        raise click.ClickException(f"commissioning failed: {failed}") from None
     finally:
         if trace_file is not None:
             trace_file.close()

@@ -33,6 +33,18 @@ STATE_TEXT = {
 }
 
 
+def commissioning_text(calib):
+    """What commissioning measured, in people's units, one short paragraph."""
+    c = calib
+    return (
+        f"IMU along {c['imu_along']} normal {c['imu_normal']} gyro {c['imu_gyro']} "
+        f"offset {c['imu_offset_mdeg'] / 1000:.2f} deg; home {c['home_angle_mdeg'] / 1000:.1f}"
+        f" deg (switch opens {c['home_open_mdeg'] / 1000:.1f}); speed "
+        f"{c['speed_down_mdeg_s'] / 1000:.2f} down / {c['speed_up_mdeg_s'] / 1000:.2f} up "
+        f"deg/s, lag {c['lag_ms']} ms; travel to {c['travel_max_mdeg'] / 1000:.0f} deg"
+    )
+
+
 def csv_row(row):
     """Round floats for the CSV trace (0.001 deg is far below the sensor's noise)."""
     return [round(value, 3) if isinstance(value, float) else value for value in row]
@@ -41,8 +53,10 @@ def csv_row(row):
 class SessionView:
     """Prints state changes as they happen and a chart plus summary at the end."""
 
-    def __init__(self, board_name, program, limits, events, console=None, world=None):
-        """``world``: a line describing the simulated world when it is not the board file's."""
+    def __init__(self, board_name, program, limits, events, console=None, world=None,
+                 commissioned=True):
+        """``world``: a line describing the simulated world when it is not the board
+        file's; ``commissioned``: False when the table is not (GO will be refused)."""
         self.console = console or Console(highlight=False)
         self.samples = []  # (t_s, true angle) every 0.5 s for the chart
         self._last_state = None
@@ -61,6 +75,9 @@ class SessionView:
         )
         if world:
             c.print("world:   " + world)
+        if not commissioned:
+            c.print("[yellow]not commissioned:[/] the firmware refuses GO "
+                    "(go_refused_not_commissioned); add --commission")
         if events:
             c.print("events:  " + ", ".join(f"{t / 1000:g}s {a}" for t, a in events))
         c.print()
@@ -130,6 +147,10 @@ class SessionView:
         table.add_row("max angle (true)", f"{summary['max_angle_deg']:.2f} deg")
         table.add_row("time inverted (true)", f"{summary['inverted_s']:.1f} s")
         table.add_row("faults seen", ", ".join(summary["faults_seen"]) or "none")
+        commissioning = summary.get("commissioning")
+        if commissioning is not None:
+            text = commissioning_text(commissioning["calibration"])
+            table.add_row("commissioning measured", text)
         if summary.get("trace"):
             table.add_row("trace", summary["trace"])
         c.print(table)

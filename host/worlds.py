@@ -20,13 +20,14 @@ WORLD_HELP = (
 )
 
 
-def _bad(message, ctx=None, param=None):
-    hint = None if param is not None else "'--world'"
+def _bad(message, ctx=None, param=None, option="--world"):
+    hint = None if param is not None else f"'{option}'"
     return click.BadParameter(message, ctx=ctx, param=param, param_hint=hint)
 
 
-def _read(ctx, param, path):
-    """--world callback: the file's JSON value (any type; None without --world)."""
+def read_world_file(ctx, param, path):
+    """Option callback (--world, --commission-on): the file's JSON value (any
+    type; None when the option is not given)."""
     if path is None:
         return None
     try:
@@ -44,16 +45,16 @@ def _read(ctx, param, path):
 def world_option(command):
     """Decorator: adds ``--world FILE.json`` as the ``world_data`` argument."""
     return click.option(
-        "--world", "world_data", metavar="FILE.json", callback=_read, help=WORLD_HELP
+        "--world", "world_data", metavar="FILE.json", callback=read_world_file, help=WORLD_HELP
     )(command)
 
 
-def make_world(board, world_data):
-    """The World of ``--world``'s data for this BOARD dict; the board file's own
-    world without --world."""
+def make_world(board, world_data, option="--world"):
+    """The World of ``option``'s data for this BOARD dict; the board file's own
+    world without it."""
     if world_data is None:
         return World.from_board(board)
     try:
         return World.from_dict(world_data, board)
     except WorldError as error:
-        raise _bad(str(error)) from None
+        raise _bad(str(error), option=option) from None
