@@ -719,6 +719,58 @@ def bench_tracking(report):
         )
 
 
+# ------------------------------------------------ 5b. commissioning
+def bench_commissioning(report):
+    from bench import commissioning as cb
+
+    report.section(
+        f"commissioning on {cb.WORLDS} random worlds (actuator 4-16 deg/s, lag 50-400 ms, "
+        "rider 40-160 kg, home -70..-45 deg, 24 mountings, offset +-8 deg), then 60 deg"
+    )
+    start = time.perf_counter()
+    worst = cb.run_worlds()
+    wall = time.perf_counter() - start
+    tol = cb.TOLERANCES
+    done = worst["worlds"] - len(worst["failed"])
+    note = f"{done} of {worst['worlds']} worlds commissioned in {wall:.1f} s wall"
+    if worst["failed"]:
+        note += "; failed: " + "; ".join(worst["failed"])
+    report.add("commission_axes_correct", figure(
+        worst["axes_ok"], "worlds", compared("worlds", worst["worlds"], "worlds"),
+        f"all {worst['worlds']}", worst["axes_ok"] == worst["worlds"], note))
+    speed = round(worst["speed_permille"] / 10, 2)
+    report.add("commission_speed_err_pct", figure(
+        speed, "%", compared("tolerance the firmware assumes", tol["speed_permille"] / 10, "%"),
+        f"<= {tol['speed_permille'] / 10:g}", speed <= tol["speed_permille"] / 10,
+        "worst |measured - true| / true actuator speed, either direction"))
+    lo, hi = tol["lag_ms"]
+    lag = [round(worst["lag_min_ms"]), round(worst["lag_max_ms"])]
+    report.add("commission_lag_err_ms", figure(
+        lag, "ms", compared("tolerance the firmware assumes", [lo, hi], "ms"),
+        f"within [{lo}, {hi}]", lo <= lag[0] and lag[1] <= hi,
+        "measured lag - the world's actuator time constant, [lowest, highest]: the measured "
+        "lag is the table's effective delay (plus a tick, the torque limit, play on reversal)"))
+    edge = round(worst["edge_mdeg"] / 1000, 3)
+    report.add("commission_home_switch_err_deg", figure(
+        edge, "deg", compared("tolerance the firmware assumes", tol["edge_mdeg"] / 1000, "deg"),
+        f"<= {tol['edge_mdeg'] / 1000:g}", edge <= tol["edge_mdeg"] / 1000,
+        "worst error of the angles where the home switch opens and closes"))
+    est = round(worst["estimate_mdeg"] / 1000, 3)
+    report.add("commission_estimate_err_deg", figure(
+        est, "deg", compared("tolerance the firmware assumes", tol["estimate_mdeg"] / 1000,
+                             "deg"),
+        f"<= {tol['estimate_mdeg'] / 1000:g}", est <= tol["estimate_mdeg"] / 1000,
+        "worst |firmware angle - true angle| in HOLD at 60 deg after commissioning; the "
+        f"true angle's worst overshoot of the 60 deg limit: "
+        f"{worst['angle_over_cap_deg']:.2f} deg (invariant: <= 1 deg)"))
+    margin, summary = cb.slowest_budget_margin_s()
+    report.add("budget_margin_slowest_world_s", figure(
+        round(margin, 2), "s", compared("inverted-time limit", 90, "s"), ">= 0", margin >= 0,
+        "60 deg session holding longer than its 90 s limit, on the slowest world (actuator 4 deg/s, lag 400 ms, "
+        f"rider 160 kg), commissioned: {summary['inverted_s']:.2f} s inverted, "
+        f"ended {', '.join(summary['session_ends'])}"))
+
+
 # ------------------------------------------- 6. host round trip, deploy
 def ms_list(values):
     return ", ".join(f"{v:.0f}" for v in values)
@@ -946,6 +998,7 @@ def main():
     bench_sim_speed(report)
     bench_stop(report)
     bench_tracking(report)
+    bench_commissioning(report)
     # Last, alone (its tick timings suffer from any other load), in what is left
     # of the time budget.
     heap_tick = HeapTick(
