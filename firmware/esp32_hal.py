@@ -236,6 +236,37 @@ class Indicator:
 # --- IMU ------------------------------------------------------------------------
 
 
+# A preallocated error raised by MissingImu.read is renewed after this many
+# raises: MicroPython appends a traceback entry to an exception object every
+# time it is raised (measured: 24 bytes per raise, kept as long as the object
+# lives), so one instance raised forever would slowly fill the heap.
+_MISSING_IMU_RENEW = const(16)
+_ENODEV = const(19)
+
+
+class MissingImu:
+    """Stands in for an IMU that was not found at boot: every ``read`` raises
+    OSError, so the control loop sees a lost angle (``imu_lost``) and takes
+    the blind way home, exactly as when the sensor is lost mid-session.
+
+    The OSError is made once and reused (renewed every _MISSING_IMU_RENEW
+    raises, see above): about 26 bytes per read instead of a new exception
+    each tick. No raising read can allocate nothing under MicroPython.
+    """
+
+    def __init__(self, message):
+        self.message = message
+        self._raises = 0
+        self._error = OSError(_ENODEV, message)
+
+    def read(self, out):
+        self._raises += 1
+        if self._raises >= _MISSING_IMU_RENEW:
+            self._raises = 0
+            self._error = OSError(_ENODEV, self.message)
+        raise self._error
+
+
 def make_imu(cfg, sleep_ms=None):
     i2c = machine.I2C(
         cfg.get("i2c_id", 0),
@@ -433,16 +464,30 @@ class Console:
 # --- assembly -------------------------------------------------------------------
 
 
-def build(board, fs_root="", imu_sleep_ms=None, link=None):
+def _error_text(e):
+    if isinstance(e, KeyError):
+        return "board file: missing key %s" % (e,)
+    return "%s: %s" % (type(e).__name__, e)
+
+
+def build(board, fs_root="", imu_sleep_ms=None, link=None, allow_missing_imu=False):
     """Build the Hal for a board (the BOARD dict or the board module).
 
     The actuator is set up first and left off; if anything later fails the
     drive is switched off again and a BootError with a stable code is raised:
     ``board_invalid`` (missing key, bad pin) or ``imu_not_found``.
+
+    ``allow_missing_imu``: an IMU that cannot be set up (not on the bus, a
+    failed WHO_AM_I, a bus error) is no BootError; ``hal.imu`` is then a
+    ``MissingImu`` and ``hal.boot_errors`` lists ``("imu_not_found",
+    message)``, so main.py can report it and still run the control loop,
+    which then takes the blind way home. ``hal.boot_errors`` is always set
+    (empty when everything was found).
     """
     board = getattr(board, "BOARD", board)
     actuator = None
     stage = "board_invalid"
+    boot_errors = []
     try:
         actuator = make_actuator(board["actuator"])
         actuator.off()
@@ -452,17 +497,20 @@ def build(board, fs_root="", imu_sleep_ms=None, link=None):
         indicator = Indicator(board["beeper_pin"], board["led_pin"])
         imu_cfg = board["imu"]
         stage = "imu_not_found"
-        imu = make_imu(imu_cfg, imu_sleep_ms)
+        try:
+            imu = make_imu(imu_cfg, imu_sleep_ms)
+        except Exception as e:
+            if not allow_missing_imu:
+                raise
+            message = _error_text(e)
+            imu = MissingImu(message)
+            boot_errors.append(("imu_not_found", message))
         stage = "board_invalid"
         wdt = Watchdog(board.get("wdt_timeout_ms", DEFAULT_WDT_TIMEOUT_MS))
     except Exception as e:
         if actuator is not None:
             actuator.off()
-        if isinstance(e, KeyError):
-            message = "board file: missing key %s" % (e,)
-        else:
-            message = "%s: %s" % (type(e).__name__, e)
-        raise BootError(stage, message) from None
+        raise BootError(stage, _error_text(e)) from None
     hal = Hal(
         clock=Clock(),
         imu=imu,
@@ -477,4 +525,5 @@ def build(board, fs_root="", imu_sleep_ms=None, link=None):
     )
     hal.console = Console()
     hal.board = board
+    hal.boot_errors = boot_errors
     return hal

@@ -2,14 +2,29 @@
 # and the firmware/ package).
 #
 # Load the board file, build the ESP32 HAL and hand both to the application.
-# If anything fails on the way, the drive is switched off (directly on the
-# pins if the HAL could not be built), one JSON line
+# Every start-up problem prints one JSON line on the serial console:
 #   {"event": "boot_error", "code": ..., "message": ...}
-# goes to the serial console and main.py returns: the board idles with the
-# REPL available (for mpremote) and nothing driving the motor.
+#
+# - No board file, an invalid one, a HAL or application that cannot be
+#   loaded (board_missing, board_invalid, hal_error, app_missing): nothing
+#   can be trusted to drive the motor. The drive is switched off (directly
+#   on the pins if the HAL could not be built) and main.py returns: the
+#   board idles with the REPL available (for mpremote).
+# - The IMU missing or failing its WHO_AM_I (imu_not_found): the rest of the
+#   HAL is built with an IMU that always fails to read, and the application
+#   runs as usual. Its controller latches imu_lost (no trusted angle), sounds
+#   the alarm and, if the home switch is open, drives blind to the home
+#   switch, with the watchdog running: a brown-out or a loose connector
+#   never leaves a rider inverted with the drive simply off.
+# - The application raises (app_crashed): while it was being built (the App
+#   reads the flash at boot) or, against its design, out of its loop. The
+#   drive is switched off and firmware.last_resort runs: slowly towards home
+#   until the home switch closes or a time cap runs out, alarm on, watchdog
+#   fed by that loop only. Ctrl-C reaches the REPL only once it rests at
+#   the home switch.
 #
 # Codes: board_missing, board_invalid, imu_not_found, hal_error, app_missing,
-# app_crashed.
+# app_crashed, last_resort_crashed.
 
 import json
 
@@ -136,7 +151,7 @@ def main():
         except Exception as e:
             raise _StartError("hal_error", "firmware.esp32_hal failed to load: %r" % (e,)) from None
         try:
-            hal = esp32_hal.build(board)
+            hal = esp32_hal.build(board, allow_missing_imu=True)
         except esp32_hal.BootError as e:
             raise _StartError(e.code, e.message) from None
         try:
@@ -154,6 +169,8 @@ def main():
         else:
             _report("hal_error", "%r" % (e,))
         return
+    for code, message in getattr(hal, "boot_errors", ()):
+        _report(code, message)  # e.g. imu_not_found: reported, then the app runs
     reset_fault = None
     try:
         import machine
@@ -169,12 +186,30 @@ def main():
         _drive_off(hal, board)
         _maintenance_watchdog(hal)
     except Exception as e:
-        # The app's own safe path did not hold. Drive off; if the watchdog
-        # was started it resets the board shortly and the next start returns
-        # the rider home.
+        # The App could not be built, or its own safe path did not hold.
+        _drive_off(hal, board)
+        _report("app_crashed", "%r" % (e,))
+        _last_resort(hal, board)
+    else:
+        _drive_off(hal, board)
+
+
+def _last_resort(hal, board):
+    """Slowly to the home switch with no estimator (firmware.last_resort),
+    forever; Ctrl-C (allowed there only at the home switch) ends it."""
+    try:
+        from firmware import last_resort
+
+        last_resort.run(hal, board)
+    except KeyboardInterrupt:
+        _drive_off(hal, board)
+        _maintenance_watchdog(hal)
+    except Exception as e:
+        # Not even that runs: drive off. A started watchdog resets the board
+        # shortly and the next start tries again.
         _drive_off(hal, board)
         _allow_ctrl_c()
-        _report("app_crashed", "%r" % (e,))
+        _report("last_resort_crashed", "%r" % (e,))
     else:
         _drive_off(hal, board)
 

@@ -19,10 +19,14 @@ import types
 from pathlib import Path
 
 import pytest
+from pin_table import PinTable, SimTime
 
 from invtable.boards import esp32_devkitc, esp32_s3_devkitc
+from invtable.firmware import app as app_module
+from invtable.firmware import last_resort as last_resort_module
 from invtable.hal_sim import machine_sim as ms
 from invtable.hal_sim.mpu6050_model import MPU6050Model
+from invtable.hal_sim.scenario import commission_flash
 
 FIRMWARE = Path(__file__).resolve().parent.parent / "firmware"
 _HAL = "invtable.firmware.esp32_hal"
@@ -475,6 +479,37 @@ def test_build_without_imu_leaves_drive_off(hal_mod):
     assert (ms.sim_pwm_duty_u16(25), ms.sim_pwm_duty_u16(26)) == (0, 0)
 
 
+@pytest.mark.parametrize("fault", ["absent", "who_am_i"])
+def test_build_allowing_a_missing_imu_builds_the_rest(hal_mod, fault):
+    ms.sim_clear("esp32")
+    if fault == "who_am_i":
+        _source, model = _attach_imu()
+        model.regs[0x75] = 0x70  # an MPU-6500 sold as a 6050
+    hal = hal_mod.build(esp32_devkitc, imu_sleep_ms=_no_sleep, allow_missing_imu=True)
+    ((code, message),) = hal.boot_errors
+    assert code == "imu_not_found"
+    assert "0x68" in message
+    assert isinstance(hal.imu, hal_mod.MissingImu)
+    assert ms.sim_pin(27).out == 0  # drive off
+    out = [7] * 6
+    for _ in range(40):  # past the renewal of the preallocated error
+        with pytest.raises(OSError) as info:
+            hal.imu.read(out)
+        assert info.value.errno == 19  # ENODEV, as a sensor gone from the bus
+    assert out == [7] * 6  # nothing written
+    # The rest is the normal HAL.
+    hal.actuator.drive(-200)
+    assert ms.sim_pin(27).out == 1 and ms.sim_pwm_duty_u16(26) > 0
+    ms.sim_set_input(13, 0)
+    assert hal.home.closed() is True
+
+
+def test_build_with_the_imu_found_reports_no_boot_errors(hal_mod):
+    hal, _source, _model = _build(hal_mod, esp32_devkitc, allow_missing_imu=True)
+    assert hal.boot_errors == []
+    assert not isinstance(hal.imu, hal_mod.MissingImu)
+
+
 def test_build_with_missing_key(hal_mod):
     ms.sim_clear("esp32")
     board = copy.deepcopy(esp32_devkitc.BOARD)
@@ -497,8 +532,13 @@ def boot(hal_mod, monkeypatch, capsys):
     import invtable.boards.validate
     import invtable.firmware
 
-    def start(board_module, *, imu=True, app=True, run=None):
+    def start(board_module, *, imu=True, app=True, run=None, table=None):
+        """``table``: a pin_table.PinTable wired to the fresh simulated board
+        (its IMU on the bus if ``imu``)."""
         ms.sim_clear(board_module.BOARD["chip"] if board_module else "esp32")
+        if table is not None:
+            table.wire(imu)
+            imu = False
         calls = []
         monkeypatch.setitem(sys.modules, "board", board_module)  # None: ImportError
         monkeypatch.setitem(sys.modules, "firmware", invtable.firmware)
@@ -553,12 +593,156 @@ def test_main_reports_a_missing_board_file(boot):
     assert events[0]["code"] == "board_missing"
 
 
-def test_main_reports_a_missing_imu_with_drive_off(boot):
+def test_main_reports_a_missing_imu_and_still_runs_the_app(boot):
     calls, events = boot(esp32_devkitc, imu=False)
-    assert calls == []
     (event,) = events
     assert event["code"] == "imu_not_found"
     assert "0x68" in event["message"]
+    # The rest of the HAL is built and handed to the app, with an IMU whose
+    # every read fails as a lost sensor's would.
+    ((hal, board),) = calls
+    assert board == esp32_devkitc.BOARD
+    with pytest.raises(OSError):
+        hal.imu.read([0] * 6)
+    assert ms.sim_pin(27).out == 0  # the app returned: drive off
+    assert ms.sim_level(25) == 0 and ms.sim_level(26) == 0
+
+
+# main.py with the real app loop (or the last-resort loop) on a simulated
+# table behind the pins: firmware.app.run and firmware.last_resort.run are
+# given the simulated time (sleeping runs the physics) and a tick count.
+
+RECOVERY_DRIVE = esp32_devkitc.BOARD["recovery_speed_mdeg_s"] * 1000 // esp32_devkitc.BOARD[
+    "actuator_speed_mdeg_s"
+]  # permille
+
+
+@pytest.fixture
+def table_boot(boot, monkeypatch, tmp_path):
+    """main.py on a PinTable with the real app; returns (table, boot_errors, loop)
+    where loop holds the hal the last-resort loop ran on (if it ran)."""
+    monkeypatch.chdir(tmp_path)  # the HAL's Fs("") is the working directory
+
+    def start(start_angle_deg=None, *, imu=True, app_fails=False, ticks=2600):
+        import invtable.firmware.esp32_hal as hal_mod
+
+        commission_flash(hal_mod.Fs(str(tmp_path)), esp32_devkitc.BOARD)
+        table = PinTable(esp32_devkitc.BOARD, start_angle_deg=start_angle_deg)
+        sim_time = SimTime(table)
+        if app_fails:
+            # The App cannot be built: the heap is full (an ESP32 holds most
+            # of its heap after a full boot) while the log loads.
+            def no_memory(fs):
+                raise MemoryError("memory allocation failed, allocating 4096 bytes")
+
+            monkeypatch.setattr(app_module, "SessionLog", no_memory)
+
+        def run(hal, board, reset_fault=None):
+            return app_module.run(
+                hal, board, reset_fault=reset_fault, time_module=sim_time, ticks=ticks
+            )
+
+        loop = {}
+        original = last_resort_module.run
+
+        def last_resort_run(hal, board):
+            loop["hal"] = hal
+            return original(hal, board, time_module=sim_time, ticks=ticks)
+
+        monkeypatch.setattr(last_resort_module, "run", last_resort_run)
+        _calls, events = boot(esp32_devkitc, imu=imu, run=run, table=table)
+        errors = [e for e in events if e.get("event") == "boot_error"]
+        return table, errors, loop
+
+    return start
+
+
+def _until_home(trace):
+    """Index of the first trace sample with the home switch closed (or None)."""
+    for i, sample in enumerate(trace):
+        if sample[4]:
+            return i
+    return None
+
+
+def test_main_without_imu_inverted_drives_blind_to_the_home_switch(table_boot):
+    # The blind return is slow (the recovery speed, lifting a rider): 90 s.
+    table, errors, loop = table_boot(5.0, imu=False, ticks=4500)
+    assert [e["code"] for e in errors] == ["imu_not_found"]
+    assert "0x68" in errors[0]["message"]
+    assert loop == {}  # the app ran, not the last resort
+    wdt = ms.sim_wdt()
+    assert wdt is not None and wdt.feeds > 0  # started (and never went hungry)
+    trace = table.trace
+    drives = [d for _t, _a, d, _b, _h in trace]
+    assert max(drives) <= 0  # never towards inversion
+    assert min(drives) >= -RECOVERY_DRIVE  # blind: at the recovery speed at most
+    home = _until_home(trace)
+    assert home is not None, "the home switch never closed"
+    assert all(d < 0 for _t, _a, d, _b, _h in trace[50:home])  # moving home all the way
+    after = trace[home + 25 :]  # half a second after the switch closed
+    assert after and all(d == 0 for _t, _a, d, _b, _h in after)  # then drive off
+    assert all(h for *_rest, h in after)  # and it stays at home
+    assert table.sim.physics.angle_deg < -57.0
+    # The alarm sounds on the way and goes on at home (1 Hz).
+    assert any(b for _t, _a, _d, b, _h in trace[:home])
+    assert any(b for _t, _a, _d, b, _h in after) and not all(b for _t, _a, _d, b, _h in after)
+    assert ms.sim_pin(27).out == 0  # bridge disabled at the end
+
+
+def test_main_without_imu_at_home_does_not_move_and_sounds_the_alarm(table_boot):
+    table, errors, _loop = table_boot(None, imu=False, ticks=300)
+    assert [e["code"] for e in errors] == ["imu_not_found"]
+    assert ms.sim_wdt() is not None
+    trace = table.trace
+    assert all(d == 0 for _t, _a, d, _b, _h in trace)
+    assert all(h for *_rest, h in trace)
+    start = trace[0][1]
+    assert all(abs(a - start) < 0.05 for _t, a, _d, _b, _h in trace)
+    assert any(b for _t, _a, _d, b, _h in trace)
+    assert ms.sim_pin(27).out == 0
+
+
+def test_main_app_that_cannot_be_built_runs_the_last_resort_home(table_boot):
+    table, errors, loop = table_boot(10.0, app_fails=True)
+    assert [e["code"] for e in errors] == ["app_crashed"]
+    assert "MemoryError" in errors[0]["message"]
+    hal = loop["hal"]
+    wdt = ms.sim_wdt()
+    assert wdt is not None and wdt.feeds > 0
+    trace = table.trace
+    home = _until_home(trace)
+    assert home is not None, "the home switch never closed"
+    drives = [d for _t, _a, d, _b, _h in trace]
+    assert all(d == -RECOVERY_DRIVE for d in drives[:home])  # slowly, open loop
+    assert all(d == 0 for d in drives[home + 2 :])  # off at the switch
+    assert all(b for _t, _a, _d, b, _h in trace)  # the alarm never stops
+    assert hal.console.interrupt_allowed is True  # the REPL: only now, at home
+    assert ms.sim_pin(27).out == 0
+
+
+def test_main_app_that_cannot_be_built_at_home_does_not_move(table_boot):
+    table, errors, loop = table_boot(None, app_fails=True, ticks=100)
+    assert [e["code"] for e in errors] == ["app_crashed"]
+    assert all(d == 0 for _t, _a, d, _b, _h in table.trace)
+    assert all(b for _t, _a, _d, b, _h in table.trace)
+    assert ms.sim_wdt() is not None
+    assert loop["hal"].console.interrupt_allowed is True
+
+
+def test_main_last_resort_that_fails_too_leaves_the_drive_off(boot, monkeypatch):
+    def run(hal, board, reset_fault=None):
+        hal.actuator.drive(300)
+        raise RuntimeError("app broke")
+
+    def last_resort_run(hal, board):
+        hal.actuator.drive(-200)
+        raise RuntimeError("so did this")
+
+    monkeypatch.setattr(last_resort_module, "run", last_resort_run)
+    _calls, events = boot(esp32_devkitc, run=run)
+    assert [e["code"] for e in events] == ["app_crashed", "last_resort_crashed"]
+    assert "so did this" in events[1]["message"]
     assert ms.sim_pin(27).out == 0
     assert ms.sim_level(25) == 0 and ms.sim_level(26) == 0
 
@@ -693,3 +877,149 @@ def test_ctrl_c_without_a_started_watchdog_starts_no_timer(boot):
 
     boot(esp32_devkitc, run=run)
     assert ms.sim_timers() == [] and ms.sim_wdt() is None
+
+
+def test_missing_imu_allocation_is_small_and_bounded_under_micropython(micropython):
+    # A raising read cannot allocate nothing under MicroPython: every raise
+    # appends traceback entries to the exception object, which keeps them.
+    # MissingImu reuses one OSError and renews it every few raises, so each
+    # read allocates a few dozen bytes and the traceback it holds stays short.
+    code = textwrap.dedent(
+        """
+        import gc, io, sys
+        from invtable.hal_sim import machine_sim as ms
+        sys.modules["machine"] = ms
+        from invtable.firmware import esp32_hal
+
+        imu = esp32_hal.MissingImu("MPU-6050 not found at I2C address 0x68")
+        out = [0] * 6
+
+        def tick():
+            try:
+                imu.read(out)
+            except OSError:
+                pass
+
+        for _ in range(50):
+            tick()
+        gc.collect()
+        gc.disable()
+        before = gc.mem_alloc()
+        for _ in range(320):
+            tick()
+        print("per_read=%d" % ((gc.mem_alloc() - before) // 320))
+        gc.enable()
+        for _ in range(3200):
+            tick()
+
+        def entries(error):
+            text = io.StringIO()
+            sys.print_exception(error, text)
+            return text.getvalue().count(", line ")
+
+        print("entries=%d" % entries(imu._error))
+        same = OSError(19, "one instance raised for ever")
+
+        def raise_same():
+            raise same
+
+        for _ in range(100):
+            try:
+                raise_same()
+            except OSError:
+                pass
+        print("same_entries=%d" % entries(same))
+        """
+    )
+    out = micropython(code).stdout
+    values = dict(line.split("=", 1) for line in out.splitlines() if "=" in line)
+    assert int(values["per_read"]) <= 40, out  # a fresh OSError per read: 64
+    # Why the renewal: a single instance keeps every raise's traceback.
+    assert int(values["same_entries"]) == 2 * 100, out  # two frames per raise
+    assert int(values["entries"]) <= 2 * 16, out  # read() + tick() frames per raise
+
+
+_MPY_MAIN = """
+import sys
+sys.path.append("/lib/testlib")
+from invtable.hal_sim import machine_sim as ms
+sys.modules["machine"] = ms
+import invtable.firmware
+from invtable.firmware import esp32_hal, last_resort
+from invtable.firmware import app as real_app
+from invtable.boards import esp32_devkitc
+import invtable.boards
+from invtable.boards import validate
+from pin_table import PinTable, SimTime
+
+BOARD = esp32_devkitc.BOARD
+with open("calib.json", "wb") as f:
+    f.write(CALIB)
+ms.sim_clear("esp32")
+table = PinTable(BOARD, start_angle_deg=START_DEG)
+table.wire(imu=False)
+sim_time = SimTime(table)
+
+
+class AppModule:
+    # firmware.app as main.py sees it: the real loop, on the simulated time.
+    def run(self, hal, board, reset_fault=None):
+        return real_app.run(hal, board, reset_fault=reset_fault, time_module=sim_time,
+                            ticks=TICKS)
+
+
+sys.modules["board"] = esp32_devkitc
+sys.modules["firmware"] = invtable.firmware
+sys.modules["firmware.esp32_hal"] = esp32_hal
+sys.modules["firmware.app"] = AppModule()
+sys.modules["boards"] = invtable.boards
+sys.modules["boards.validate"] = validate
+with open("/lib/invtable/firmware/main.py") as f:
+    source = f.read()
+exec(source, {"__name__": "__main__"})
+trace = table.trace
+home = None
+for i in range(len(trace)):
+    if trace[i][4]:
+        home = i
+        break
+print("samples=%d" % len(trace))
+print("home_at=%r" % home)
+print("max_drive=%d" % max(s[2] for s in trace))
+print("min_drive=%d" % min(s[2] for s in trace))
+print("drive_after_home=%r" % sorted(set(s[2] for s in trace[home + 25:])) if home else "")
+print("beeps=%d" % sum(s[3] for s in trace))
+print("final_deg=%d" % int(table.sim.physics.angle_deg))
+print("wdt_started=%r" % (ms.sim_wdt() is not None))
+print("enable=%d" % ms.sim_pin(27).out)
+"""
+
+
+def test_main_without_imu_drives_blind_home_under_micropython(micropython, tmp_path):
+    """main.py, the ESP32 HAL and the app loop under real MicroPython, with no
+    MPU-6050 on the simulated bus and the table off its home switch."""
+    import shutil
+
+    from invtable.firmware.calibration import CALIB_FILE
+    from invtable.hal_sim.flash import SimFlash
+    from invtable.host import micropython as mpy
+
+    assert CALIB_FILE == "calib.json"
+    calib = commission_flash(SimFlash(), esp32_devkitc.BOARD).read_bytes(CALIB_FILE)
+    lib = tmp_path / "testlib"
+    lib.mkdir()
+    shutil.copy(Path(__file__).parent / "pin_table.py", lib / "pin_table.py")
+    code = f"CALIB = {calib!r}\nSTART_DEG = 5.0\nTICKS = 4500\n" + _MPY_MAIN
+    proc = micropython(code, mounts=[*mpy.package_mounts(), (lib, "/lib/testlib")], timeout_s=300)
+    out = proc.stdout
+    lines = out.splitlines()
+    errors = [json.loads(ln) for ln in lines if ln.startswith('{"event": "boot_error"')]
+    assert [e["code"] for e in errors] == ["imu_not_found"], out
+    values = dict(line.split("=", 1) for line in lines if "=" in line and not line.startswith("{"))
+    assert values["home_at"] != "None", out
+    assert int(values["max_drive"]) <= 0 < -int(values["min_drive"]) <= RECOVERY_DRIVE, out
+    assert values["drive_after_home"] == "[0]", out
+    assert int(values["beeps"]) > 0, out
+    assert int(values["final_deg"]) <= -57, out
+    assert values["wdt_started"] == "True", out
+    assert values["enable"] == "0", out
