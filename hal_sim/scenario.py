@@ -127,10 +127,18 @@ class Scenario:
     def _boot(self, reset_fault):
         table = self.table
         hal = build_hal(table, self.flash, imu=self.imu)
-        self.app = App(hal, self.board, reset_fault=reset_fault)
-        self.app.set_program(self.program, self.limits)
-        table.wdt.reset()
         self.boots += 1
+        try:
+            app = App(hal, self.board, reset_fault=reset_fault)
+        except PowerLoss:
+            # A power cut during boot (the App writes the log while it is
+            # built): the board goes dark and boots again later, as after
+            # any power loss (a power-on reset: the reset fault is gone).
+            self._power_loss()
+            return
+        app.set_program(self.program, self.limits)
+        self.app = app
+        table.wdt.reset()
 
     def _power_loss(self):
         self.app = None

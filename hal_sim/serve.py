@@ -87,9 +87,15 @@ class SimBoard:
         return self.app is not None
 
     def _boot(self):
-        self.app = App(build_hal(self.table, self.flash), self.board)
-        self.table.wdt.reset()
         self.boots += 1
+        try:
+            self.app = App(build_hal(self.table, self.flash), self.board)
+        except PowerLoss:
+            # A power cut during boot (the App writes the log while it is
+            # built): dark again, boots again later.
+            self.power_loss()
+            return
+        self.table.wdt.reset()
 
     def power_loss(self):
         """RAM lost (the App goes), flash kept; boots again POWER_OFF_MS later."""
