@@ -3,7 +3,7 @@
 Policy:
 - A fresh board (no ``auth.json``) has the factory PIN ``DEFAULT_PIN`` and
   reports ``pin_is_default``; the README tells the owner to change it. A new PIN
-  is 4..8 digits and may not be the factory PIN.
+  is 4..8 ASCII digits (0-9, nothing else) and may not be the factory PIN.
 - After ``FREE_ATTEMPTS`` wrong PINs in a row, every further wrong PIN locks
   admin commands for 30 s, doubling per failure up to 15 min. A right PIN
   resets the count.
@@ -56,8 +56,17 @@ class AuthError(Exception):
         self.attempts_left = attempts_left
 
 
+def ascii_digits(text):
+    """True if ``text`` is one or more of the ASCII digits '0'..'9' only.
+
+    Not ``str.isdigit``: under CPython it also accepts other scripts' digits
+    (Arabic-Indic, Devanagari, ...) and superscripts, under MicroPython it
+    does not, so the simulator and the board would disagree."""
+    return bool(text) and all("0" <= ch <= "9" for ch in text)
+
+
 def pin_format_ok(pin):
-    return isinstance(pin, str) and PIN_MIN_LEN <= len(pin) <= PIN_MAX_LEN and pin.isdigit()
+    return isinstance(pin, str) and PIN_MIN_LEN <= len(pin) <= PIN_MAX_LEN and ascii_digits(pin)
 
 
 def hash_pin(pin, salt, iterations):
@@ -223,7 +232,7 @@ class Auth:
         if not pin_format_ok(new_pin):
             raise AuthError(
                 "invalid_pin",
-                "PIN must be " + str(PIN_MIN_LEN) + ".." + str(PIN_MAX_LEN) + " digits",
+                "PIN must be " + str(PIN_MIN_LEN) + ".." + str(PIN_MAX_LEN) + " digits 0-9",
             )
         if new_pin == DEFAULT_PIN:
             raise AuthError("invalid_pin", "choose a PIN other than the factory PIN")

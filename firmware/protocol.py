@@ -15,8 +15,9 @@ With nothing waiting on the link and telemetry off, ``poll`` allocates nothing
 allocate (JSON). Any exception while handling a request becomes an
 ``internal`` error reply; nothing ever propagates to the control loop.
 
-Validation order for a request: UTF-8, JSON, object, ``id``, ``cmd``, unknown
-and missing fields, argument types, then the ``home`` rule (``busy``), then the
+Validation order for a request: UTF-8, JSON, object, a repeated ``id``,
+``id``, any other repeated member (``duplicate_key``), ``cmd``, unknown and
+missing fields, argument types, then the ``home`` rule (``busy``), then the
 admin PIN, then the operation itself (``Settings`` checks ranges and names).
 Every check runs before anything changes; ``Settings`` saves atomically and
 only then updates RAM, so an error reply means nothing changed (a wrong PIN
@@ -175,6 +176,125 @@ def utf8_valid(buf, n):
     return True
 
 
+_QUOTE = const(34)  # "
+_BACKSLASH = const(92)
+_COLON = const(58)
+_COMMA = const(44)
+_LBRACE = const(123)
+_RBRACE = const(125)
+_LBRACKET = const(91)
+_RBRACKET = const(93)
+
+
+def _string_end(buf, i, n):
+    """Index of the quote that closes the JSON string opening at buf[i], or -1."""
+    i += 1
+    while i < n:
+        b = buf[i]
+        if b == _BACKSLASH:
+            i += 2
+        elif b == _QUOTE:
+            return i
+        else:
+            i += 1
+    return -1
+
+
+def _value_end(buf, i, n):
+    """Index just past the JSON value starting at buf[i] (at least i + 1)."""
+    b = buf[i]
+    if b == _QUOTE:
+        end = _string_end(buf, i, n)
+        return n if end < 0 else end + 1
+    if b == _LBRACE or b == _LBRACKET:
+        depth = 0
+        while i < n:
+            b = buf[i]
+            if b == _QUOTE:
+                end = _string_end(buf, i, n)
+                if end < 0:
+                    return n
+                i = end
+            elif b == _LBRACE or b == _LBRACKET:
+                depth += 1
+            elif b == _RBRACE or b == _RBRACKET:
+                depth -= 1
+                if depth == 0:
+                    return i + 1
+            i += 1
+        return n
+    start = i  # a number, true, false or null: up to the next , or }
+    while i < n and buf[i] != _COMMA and buf[i] != _RBRACE:
+        i += 1
+    return i if i > start else start + 1
+
+
+def _json_string(buf, start, end):
+    """The str value of the JSON string literal buf[start:end + 1] (quotes included)."""
+    raw = bytes(buf[start + 1 : end])
+    if raw.find(b"\\") >= 0:  # escapes: let json undo them
+        try:
+            return json.loads(bytes(buf[start : end + 1]).decode())
+        except ValueError:
+            pass
+    return raw.decode()
+
+
+def scan_members(buf, n):
+    """What ``json.loads`` hides about the top-level object in buf[0:n] (a line
+    it has parsed into a dict): it keeps the last value of a repeated key.
+
+    Returns ``(duplicate, stop)``: the first key that occurs more than once
+    (compared after unescaping: "cmd" and "\\u0063md" are the same key), or
+    None; and whether any "cmd" member has the value "stop". Needs no
+    object_pairs_hook (MicroPython's json has none); allocates only the key
+    strings. Requests are at most LINE_MAX bytes."""
+    i = 0
+    while i < n and buf[i] != _LBRACE:
+        i += 1
+    i += 1
+    keys = []
+    duplicate = None
+    stop = False
+    while i < n:
+        b = buf[i]
+        if b == _RBRACE:
+            break
+        if b != _QUOTE:
+            i += 1  # whitespace, the comma between members
+            continue
+        end = _string_end(buf, i, n)
+        if end < 0:
+            break
+        key = _json_string(buf, i, end)
+        i = end + 1
+        while i < n and buf[i] != _COLON:
+            i += 1
+        i += 1
+        while i < n and buf[i] <= 32:  # whitespace before the value
+            i += 1
+        if i >= n:
+            break
+        value_start = i
+        i = _value_end(buf, i, n)
+        if key in keys:
+            if duplicate is None:
+                duplicate = key
+        else:
+            keys.append(key)
+        is_string = buf[value_start] == _QUOTE and i - 1 > value_start
+        if key == "cmd" and is_string and _json_string(buf, value_start, i - 1) == "stop":
+            stop = True
+    return duplicate, stop
+
+
+def _duplicate_error(key):
+    return ProtocolError(
+        "duplicate_key",
+        "member %s appears more than once: send each member once" % _short(key),
+    )
+
+
 class Protocol:
     def __init__(self, app):
         self.app = app
@@ -251,13 +371,16 @@ class Protocol:
                 raise ProtocolError("bad_json", "the line is not valid JSON") from None
             if not isinstance(req, dict):
                 raise ProtocolError("not_object", "a request must be a JSON object")
-            if req.get("cmd") == "stop":
-                # STOP is obeyed before anything else is checked: a bad id or
-                # a stray member still gets its error reply, but never keeps
-                # the table from heading home.
+            duplicate, any_stop = scan_members(self._buf, n)
+            if any_stop or req.get("cmd") == "stop":
+                # STOP is obeyed before anything else is checked: a bad id, a
+                # stray or repeated member (even a second "cmd") still gets
+                # its error reply, but never keeps the table from heading home.
                 self.app.ctl.remote_stop()
                 if self.app.setup is not None:
                     self.app.setup.cancel()
+            if duplicate == "id":
+                raise _duplicate_error(duplicate)  # which id to echo? none
             if "id" in req:
                 rid = req["id"]
                 int_ok = _is_int(rid) and 0 <= rid <= ID_MAX
@@ -269,6 +392,8 @@ class Protocol:
                         "id must be an integer 0..%d or a string of at most %d characters"
                         % (ID_MAX, ID_STR_MAX),
                     )
+            if duplicate is not None:
+                raise _duplicate_error(duplicate)
             cmd = req.get("cmd")
             if not isinstance(cmd, str):
                 raise ProtocolError("not_object", "a request needs a cmd string")
