@@ -358,6 +358,48 @@ def state_text(state, fault=None):
     return f"[{style}]{state}[/] [dim]{detail}[/]" if style else f"{state} {detail}"
 
 
+def calibration_rows(calib):
+    """A calibration (firmware/calibration.py: what `invtable setup` measured) as
+    (label, value) rows in people's units."""
+
+    def deg(key):
+        return degrees(calib.get(key))
+
+    def rate(key):
+        value = calib.get(key)
+        return "-" if value is None else f"{value / 1000:.2f} deg/s"
+
+    bias = calib.get("imu_accel_bias_mg")
+    if isinstance(bias, list) and len(bias) == 3:
+        bias = ", ".join(f"{axis} {value}" for axis, value in zip("xyz", bias, strict=True))
+        bias += " mg"
+    lag = calib.get("lag_ms")
+    return [
+        ("IMU axes", "along {}, normal {}, gyro {}".format(
+            *(escape(str(calib.get(k, "?"))) for k in ("imu_along", "imu_normal", "imu_gyro")))),
+        ("IMU mounting offset", deg("imu_offset_mdeg")),
+        ("accelerometer bias", escape(str(bias if bias is not None else "-"))),
+        ("gyro bias", rate("imu_gyro_bias_mdeg_s")),
+        ("angle at home", deg("home_angle_mdeg")),
+        ("home switch opens at", deg("home_open_mdeg")),
+        ("home switch closes at", deg("home_close_mdeg")),
+        ("speed head-down (full drive)", rate("speed_down_mdeg_s")),
+        ("speed towards home (full drive)", rate("speed_up_mdeg_s")),
+        ("lag", "-" if lag is None else f"{lag} ms"),
+        ("travel up to", deg("travel_max_mdeg")),
+    ]
+
+
+# Notices (status "warning") that need `invtable setup`.
+SETUP_NOTICES = {
+    "go_refused_not_commissioned": "not commissioned: run `invtable setup`",
+    "go_refused_calibration_changed": "the angle at home no longer matches commissioning: "
+    "run `invtable setup` again",
+    "calibration_changed": "the home switch is no longer where commissioning saw it: "
+    "run `invtable setup` again",
+}
+
+
 def _local_time(epoch_s):
     if epoch_s is None:
         return "-"
@@ -398,7 +440,18 @@ def status(opts):
         value = data.get(key)
         if value and value != "ok":
             rows.append((label, f"[yellow]{value}[/]"))
+    if data.get("commissioned") is False:
+        rows.append(("commissioned", "[yellow]no[/] "
+                     f"({escape(str(data.get('calibration_status', '?')))})"))
     out.print(kv_table("invtable status", rows))
+    hints = []
+    if data.get("commissioned") is False:
+        hints.append(SETUP_NOTICES["go_refused_not_commissioned"])
+    hint = SETUP_NOTICES.get(data.get("warning"))
+    if hint and hint not in hints:
+        hints.append(hint)
+    for hint in hints:
+        out.print(f"[yellow]{hint}[/]")
     if data.get("pin_is_default"):
         out.print("[yellow]The admin PIN is the factory default: change it with "
                   "`invtable pin change`.[/]")
@@ -407,7 +460,7 @@ def status(opts):
 @click.command()
 @board_command
 def info(opts):
-    """Firmware, board and the board's hard caps."""
+    """Firmware, board, the board's hard caps and this table's calibration."""
     data = call(opts, "info")
     if opts["as_json"]:
         return emit_json(data)
@@ -422,7 +475,17 @@ def info(opts):
         ("max speed (board cap)", human("max_speed_mdeg_s", caps.get("max_speed_mdeg_s"))),
         ("max users", str(data.get("max_users", "?"))),
     ]
+    commissioned = data.get("commissioned")
+    if commissioned is not None:
+        rows.append(("commissioned", f"{'yes' if commissioned else '[yellow]no[/]'} "
+                     f"({escape(str(data.get('calibration_status', '?')))})"))
     out.print(kv_table("invtable board", rows))
+    if data.get("calibration"):
+        out.print(kv_table("calibration (measured by invtable setup)",
+                           calibration_rows(data["calibration"])))
+    if commissioned is False:
+        out.print("[yellow]not commissioned: GO is refused until `invtable setup` has run "
+                  "on the empty table.[/]")
     if data.get("protocol") not in (None, client_mod.PROTOCOL_VERSION):
         out.print(f"[yellow]protocol {data.get('protocol')} differs from this invtable's "
                   f"{client_mod.PROTOCOL_VERSION}: update one of them.[/]")
