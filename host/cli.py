@@ -201,6 +201,9 @@ cli_users.register(main)
 sim.add_command(sim_serve)
 sim.add_command(cli_board.sim_board)
 main.add_command(cli_board.deploy)
+from invtable.host.cli_setup import setup as setup_command  # noqa: E402
+
+main.add_command(setup_command)
 
 if __name__ == "__main__":
     sys.exit(main())
