@@ -2,7 +2,12 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
+import selectors
+import subprocess
+import sys
+import threading
 
 import pytest
 from hypothesis import settings
@@ -59,3 +64,70 @@ def fake_board():
     board = FakeBoard(pin="1234")
     yield board
     board.close()
+
+
+class SimServe:
+    """`invtable sim serve` in a subprocess: its pty path, stdin and stdout notes.
+
+    ``args``: further options of `sim serve` (e.g. ``--world FILE.json``)."""
+
+    def __init__(self, state_dir, speed, *args):
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", "invtable.host.cli_serve", "--state-dir", str(state_dir),
+             "--speed", str(speed), *args],
+            stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+            bufsize=1)
+        sel = selectors.DefaultSelector()
+        sel.register(self.proc.stdout, selectors.EVENT_READ)
+        if not sel.select(timeout=15):
+            self.close()
+            raise RuntimeError("sim serve printed no device path")
+        self.path = self.proc.stdout.readline().strip()
+        if not self.path.startswith("/dev/"):
+            self.close()
+            raise RuntimeError(f"sim serve said {self.path!r}: {self.proc.stderr.read()}")
+        self.notes = []
+        self._reader = threading.Thread(target=self._read, daemon=True)
+        self._reader.start()
+
+    def _read(self):
+        for line in self.proc.stdout:
+            self.notes.append(line.rstrip())
+
+    def press(self, what):
+        self.proc.stdin.write(what + "\n")
+        self.proc.stdin.flush()
+
+    def close(self):
+        if self.proc.poll() is None:
+            try:
+                self.press("quit")
+                self.proc.wait(5)
+            except (OSError, subprocess.TimeoutExpired):
+                self.proc.kill()
+                self.proc.wait(5)
+        for stream in (self.proc.stdin, self.proc.stdout, self.proc.stderr):
+            with contextlib.suppress(OSError):
+                stream.close()
+
+
+@pytest.fixture(scope="session")
+def sim_serve():
+    """Start `invtable sim serve`: ``sim_serve(state_dir, speed, *args)`` returns a
+    ``SimServe`` (``path``, ``press(line)``, ``notes``, ``close()``); any left
+    running are shut down at the end of the session."""
+    try:
+        from invtable.hal_sim import serve  # noqa: F401
+        from invtable.host import cli_serve  # noqa: F401
+    except ImportError:
+        pytest.skip("`invtable sim serve` (host/cli_serve.py, hal_sim/serve.py) not available")
+    started = []
+
+    def start(state_dir, speed=20, *args):
+        server = SimServe(state_dir, speed, *args)
+        started.append(server)
+        return server
+
+    yield start
+    for server in started:
+        server.close()

@@ -4,14 +4,11 @@ Two layers: fast tests against a fake board on a pty (tests/fake_board.py),
 then end to end through `invtable sim serve` (the real firmware on the
 simulated table behind a real pty)."""
 
-import contextlib
 import csv
 import json
 import os
-import selectors
 import subprocess
 import sys
-import threading
 import time
 
 import click
@@ -261,63 +258,9 @@ def test_plot_reads_a_sim_run_trace(tmp_path):
 
 
 # -- end to end through `invtable sim serve` ---------------------------------
-def _serve_available():
-    try:
-        from invtable.hal_sim import serve  # noqa: F401
-        from invtable.host import cli_serve  # noqa: F401
-    except ImportError:
-        return False
-    return True
-
-
-class SimServe:
-    """`invtable sim serve` in a subprocess: its pty path, stdin and stdout notes."""
-
-    def __init__(self, state_dir, speed):
-        self.proc = subprocess.Popen(
-            [sys.executable, "-m", "invtable.host.cli_serve", "--state-dir", str(state_dir),
-             "--speed", str(speed)],
-            stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-            bufsize=1)
-        sel = selectors.DefaultSelector()
-        sel.register(self.proc.stdout, selectors.EVENT_READ)
-        if not sel.select(timeout=15):
-            self.close()
-            raise RuntimeError("sim serve printed no device path")
-        self.path = self.proc.stdout.readline().strip()
-        if not self.path.startswith("/dev/"):
-            self.close()
-            raise RuntimeError(f"sim serve said {self.path!r}: {self.proc.stderr.read()}")
-        self.notes = []
-        self._reader = threading.Thread(target=self._read, daemon=True)
-        self._reader.start()
-
-    def _read(self):
-        for line in self.proc.stdout:
-            self.notes.append(line.rstrip())
-
-    def press(self, what):
-        self.proc.stdin.write(what + "\n")
-        self.proc.stdin.flush()
-
-    def close(self):
-        if self.proc.poll() is None:
-            try:
-                self.press("quit")
-                self.proc.wait(5)
-            except (OSError, subprocess.TimeoutExpired):
-                self.proc.kill()
-                self.proc.wait(5)
-        for stream in (self.proc.stdin, self.proc.stdout, self.proc.stderr):
-            with contextlib.suppress(OSError):
-                stream.close()
-
-
 @pytest.fixture(scope="module")
-def sim(tmp_path_factory):
-    if not _serve_available():
-        pytest.skip("`invtable sim serve` (host/cli_serve.py, hal_sim/serve.py) not available")
-    server = SimServe(tmp_path_factory.mktemp("flash"), speed=20)
+def sim(tmp_path_factory, sim_serve):
+    server = sim_serve(tmp_path_factory.mktemp("flash"), speed=20)
     yield server
     server.close()
 
