@@ -392,14 +392,18 @@ class _Board:
         """Run /boot.py and, in the friendly REPL, /main.py, as the port does.
 
         Returns the reset cause if a script reset the board (machine.reset,
-        watchdog), else 0.
+        watchdog, a power_loss input), else 0, and tells the Node side the
+        same (``runPython`` hands it no return value).
         """
         self.boots += 1
+        cause = 0
         for name in ("boot.py", "main.py") if run_main else ("boot.py",):
             cause = _run_file(name)
             if cause:
-                return cause
-        return 0
+                break
+        _Resets.pending = 0
+        vboard_host.request_reset(cause)
+        return cause
 
 
 class _Main:
@@ -420,8 +424,6 @@ def _run_file(name):
     try:
         exec(compile(source, name, "exec"), _main_globals())
     except machine_sim.SimReset as reset:
-        _Resets.pending = 0
-        vboard_host.request_reset(0)
         return reset.cause
     except SystemExit:
         return machine_sim.SOFT_RESET

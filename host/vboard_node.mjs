@@ -299,7 +299,9 @@ async function main() {
       input.executing = true;
       input.kbdChar = CTRL_C;
       input.resetCause = 0;
-      const again = py(`__import__('_vboard').board.boot(${raw ? "False" : "True"})`);
+      py(`__import__('_vboard').board.boot(${raw ? "False" : "True"})`);
+      const again = input.resetCause; // a script reset the board: boot it again
+      input.resetCause = 0;
       input.executing = false;
       flush();
       if (!again) break;
