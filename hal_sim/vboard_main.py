@@ -21,6 +21,9 @@ interpreter look like an ESP32 with a table attached:
 - ``os`` functions and ``open`` re-raise OSError with MicroPython's errno
   numbers (ENOENT 2, EEXIST 17, ...) instead of Emscripten's (44, 20, ...),
   which mpremote's file commands rely on.
+- ``config["files"]`` are written to the flash before the first boot unless
+  already there (the calibration commissioning would measure, see
+  host/vboard.py).
 
 ``vboard_host`` is the JavaScript module the Node runner registers.
 The object returned by ``install`` is reachable on the board as
@@ -432,10 +435,26 @@ def _run_file(name):
     return 0
 
 
+def _write_missing_files(files):
+    """Put files on the board's flash before it first boots; a file already
+    there is kept (it is the board's own, e.g. a calibration it measured)."""
+    import os
+
+    for name, text in files.items():
+        try:
+            os.stat(name)
+            continue
+        except OSError:
+            pass
+        with open(name, "wb") as f:
+            f.write(text.encode())
+
+
 def install(config_json):
     """Set the interpreter up as the virtual board. config: JSON text with
-    board (the BOARD dict), seed, start_angle_deg (None = the world's home) and
-    world (a world file's dict, checked again here; None = the board file)."""
+    board (the BOARD dict), seed, start_angle_deg (None = the world's home),
+    world (a world file's dict, checked again here; None = the board file)
+    and files ({name: text} for the flash, written unless already there)."""
     config = json.loads(config_json)
     _install_errno_fix()
     _install_time_and_micropython()
@@ -446,6 +465,7 @@ def install(config_json):
     table = VirtualTable(
         board_dict, config.get("seed", 0), config.get("start_angle_deg"), world=world
     )
+    _write_missing_files(config.get("files") or {})
     _patch_machine_resets()
     sys.modules["machine"] = machine_sim
     board = _Board(table)

@@ -8,6 +8,10 @@ real serial tools talk to it as to a board on USB::
     with VirtualBoard("esp32_devkitc") as vb:
         subprocess.run(["mpremote", "connect", vb.port, "exec", "print(1+1)"])
 
+A board without a world starts commissioned (the calibration commissioning
+would measure on that table is on its flash before it first boots); with a
+world it waits for ``invtable setup``.
+
 ``invtable sim board`` runs one until Ctrl-C. POSIX only (pty).
 """
 
@@ -57,12 +61,17 @@ class VirtualBoard:
         seed: int = 0,
         start_angle_deg: float | None = None,
         world: dict | None = None,
+        commissioned: bool | None = None,
         heap_bytes: int = 8 * 1024 * 1024,
         log=None,
     ):
         """``world``: a world file's dict (hal_sim/world.py), the table that is
         really there; None = exactly the board file. Checked here (WorldError)
-        and handed to the board's hal_sim in the --config JSON."""
+        and handed to the board's hal_sim in the --config JSON.
+
+        ``commissioned``: start with the calibration commissioning measures on
+        this table on the flash; None = only without a world (a --world
+        table waits for ``invtable setup``, as with ``sim serve``)."""
         self.board_name = board
         self.board = load_board(board)  # KeyError naming the known boards
         self.seed = seed
@@ -70,6 +79,7 @@ class VirtualBoard:
         if world is not None:
             World.from_dict(world, self.board)  # WorldError before node starts
         self.world = world
+        self.commissioned = world is None if commissioned is None else commissioned
         self.heap_bytes = heap_bytes
         self.log = log  # a text stream for the interpreter's diagnostics (stderr)
         self.port: str | None = None
@@ -83,6 +93,18 @@ class VirtualBoard:
         self._stderr_tail: list[str] = []
 
     # --- life cycle ---------------------------------------------------------------
+
+    def flash_files(self) -> dict[str, str]:
+        """{name: text} to put on the board's flash before it first boots."""
+        if not self.commissioned:
+            return {}
+        from invtable.firmware.calibration import CALIB_FILE
+        from invtable.hal_sim.flash import SimFlash
+        from invtable.hal_sim.scenario import commission_flash
+
+        world = World.from_dict(self.world, self.board) if self.world is not None else None
+        flash = commission_flash(SimFlash(), self.board, self.seed, world)
+        return {CALIB_FILE: flash.read_bytes(CALIB_FILE).decode("ascii")}
 
     def command(self) -> list[str]:
         node = mpy.node_executable()
@@ -98,6 +120,7 @@ class VirtualBoard:
             "seed": self.seed,
             "start_angle_deg": self.start_angle_deg,
             "world": self.world,
+            "files": self.flash_files(),
         }
         return [
             node,
