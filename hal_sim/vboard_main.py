@@ -11,19 +11,24 @@ interpreter look like an ESP32 with a table attached:
   the actuator pins' PWM duty (and enable pin) drive the physics, the home
   switch, GO and STOP pins follow the board file, the current-sense ADC reads
   high when the actuator pushes into an end stop.
+  The table is a ``hal_sim.table.SimTable``: its buttons, switches and fault
+  switches are the ones ``invtable sim serve`` uses.
 - The physics advances with the interpreter's own clock (``time.ticks_ms``),
   lazily: whenever the firmware reads the IMU (first thing in every control
-  tick), the table is stepped by the elapsed real time with the drive the
-  pins have carried since the previous step; then the watchdog is checked.
+  tick), the physical inputs that arrived on the runner's control channel
+  (``invtable sim board``'s stdin: go, go_down, stop, faults, power_loss,
+  status) are applied, the table is stepped by the elapsed real time with
+  the drive the pins have carried since the previous step, and the
+  watchdog is checked. While the REPL idles the runner applies them.
+- ``config["files"]`` are written to the flash before the first boot unless
+  already there (the calibration commissioning would measure, see
+  host/vboard.py).
 - ``time.sleep*`` really sleeps (in Node, with no CPU use) instead of
   spinning, and raises KeyboardInterrupt when Ctrl-C arrived on the serial
   line while the interrupt character is enabled (``micropython.kbd_intr``).
 - ``os`` functions and ``open`` re-raise OSError with MicroPython's errno
   numbers (ENOENT 2, EEXIST 17, ...) instead of Emscripten's (44, 20, ...),
   which mpremote's file commands rely on.
-- ``config["files"]`` are written to the flash before the first boot unless
-  already there (the calibration commissioning would measure, see
-  host/vboard.py).
 
 ``vboard_host`` is the JavaScript module the Node runner registers.
 The object returned by ``install`` is reachable on the board as
@@ -40,11 +45,8 @@ import vboard_host
 
 from . import machine_sim
 from .clock import ticks_diff
-from .devices import SimHomeSwitch
-from .imu import SimImu
 from .mpu6050_model import MPU6050Model
-from .physics import TablePhysics
-from .rng import Rng
+from .table import SimTable
 from .world import World
 
 _TICKS_MAX = (1 << 30) - 1
@@ -56,6 +58,7 @@ _CLOCK_START_TICKS_MS = (1 << 30) - 10000
 _MAX_STEP_MS = 2000
 _SENSE_OVERLOAD_UV = 3000000
 _SENSE_IDLE_UV = 150000
+_POWER_OFF_MS = 500  # a power_loss input: dark this long, then a power-on reset
 
 # Emscripten's errno numbers (WASI) -> MicroPython's (as on the ESP32 port).
 # 1 and 2 are left alone: MicroPython's own VFS layer raises EPERM (1) and
@@ -216,19 +219,20 @@ class _ImuSource:
 
 
 class VirtualTable:
+    """A ``SimTable`` (physics, IMU, buttons, switches, fault switches) behind
+    the simulated ``machine`` pins, on the interpreter's real-time clock."""
+
     def __init__(self, board, seed=0, start_angle_deg=None, rider_mass_kg=80.0, world=None):
         """``world``: the table that is really there (hal_sim.world.World), with
         its own rider; None = exactly the board file with ``rider_mass_kg``."""
-        if world is None:
-            world = World.from_board(board, rider_mass_kg)
+        self.sim = SimTable(
+            board, seed, rider_mass_kg, start_angle_deg=start_angle_deg, world=world
+        )
         self.board = board
-        self.world = world
-        self.physics = TablePhysics(board, start_angle_deg=start_angle_deg, world=world)
-        self.imu = SimImu(self.physics, world.imu_mounting(), Rng(seed))
-        self.home = SimHomeSwitch(self.physics, world.home_angle_mdeg)
+        self.world = self.sim.world
+        self.physics = self.sim.physics
+        self.imu = self.sim.imu
         self.mpu = MPU6050Model(_ImuSource(self))
-        self.go_pressed = False
-        self.stop_pressed = False
         self._last_ms = time.ticks_ms()
         self._clock_offset = _CLOCK_START_TICKS_MS - self._last_ms
         self.syncs = 0
@@ -242,6 +246,7 @@ class VirtualTable:
             imu_cfg.get("addr", 0x68), self.mpu
         )
         machine_sim.sim_set_ticks(self.ticks_ms)
+        self.sim.power_on()  # after a power_loss input
         self._last_ms = time.ticks_ms()
         self._update_pins()
 
@@ -264,14 +269,17 @@ class VirtualTable:
         return (fwd - rev) * 1000 // 65535
 
     def sync(self):
-        """Step the physics to the interpreter's now with the current drive."""
+        """Apply the inputs that arrived, then step the table to the
+        interpreter's now with the current drive."""
+        _Inputs.poll(self, in_code=True)
         now = time.ticks_ms()
         dt = ticks_diff(now, self._last_ms)
         if dt > 0:
             self._last_ms = now
             if dt > _MAX_STEP_MS:
                 dt = _MAX_STEP_MS
-            self.physics.step(dt, self.drive_permille())
+            self.sim.actuator.drive(self.drive_permille())
+            self.sim.step(dt)  # also lets go of tapped buttons
             self.syncs += 1
             self._update_pins()
         _check_interrupt()
@@ -285,26 +293,57 @@ class VirtualTable:
 
     def _update_pins(self):
         board = self.board
+        sim = self.sim
         phys = self.physics
         # Contacts to GND with pull-ups: closed = driven low, open = not driven.
-        machine_sim.sim_set_input(board["home_pin"], 0 if self.home.closed() else None)
-        machine_sim.sim_set_input(board["go_pin"], 0 if self.go_pressed else None)
-        # STOP is normally closed: pressed opens the contact.
-        machine_sim.sim_set_input(board["stop_pin"], None if self.stop_pressed else 0)
+        machine_sim.sim_set_input(board["home_pin"], 0 if sim.home.closed() else None)
+        machine_sim.sim_set_input(board["go_pin"], 0 if sim.go.pressed() else None)
+        # STOP is normally closed: pressed (or its wire cut) opens the contact.
+        machine_sim.sim_set_input(board["stop_pin"], None if sim.stop.pressed() else 0)
         sense = self.board["actuator"].get("sense_adc")
         if sense is not None:
             over = phys.current_high or phys.overload
             machine_sim.sim_set_adc_uv(sense, _SENSE_OVERLOAD_UV if over else _SENSE_IDLE_UV)
 
     def press(self, button, pressed=True):
-        """button: 'go' or 'stop'."""
-        if button == "go":
-            self.go_pressed = bool(pressed)
-        elif button == "stop":
-            self.stop_pressed = bool(pressed)
-        else:
+        """button: 'go' or 'stop'; held until pressed=False."""
+        if button not in ("go", "stop"):
             raise ValueError("button must be 'go' or 'stop'")
+        self.sim.inject(button + ("_down" if pressed else "_up"))
         self._update_pins()
+
+    def inject(self, action):
+        """A physical input (SimTable.ACTIONS: buttons, hardware faults)."""
+        self.sim.inject(action)  # ValueError for an unknown one
+        self._update_pins()
+
+    def describe(self):
+        """One line: what the table and its inputs are doing now."""
+        sim = self.sim
+        phys = self.physics
+        imu = self.imu
+        faults = [
+            name
+            for name, on in (
+                ("imu_disconnect", imu.disconnected),
+                ("imu_stuck", imu.stuck),
+                ("imu_drift", imu.drift_start_ms is not None),
+                ("stall", phys.stalled),
+                ("overload", phys.overload),
+                ("stop_wire_cut", sim.stop.wire_cut),
+                ("home_switch_fail", sim.home.stuck_open),
+                ("home_switch_stuck_closed", sim.home.stuck_closed),
+            )
+            if on
+        ]
+        return "table %.1f deg, drive %d permille, GO %s, STOP %s, home switch %s, faults: %s" % (
+            phys.angle_deg,
+            self.drive_permille(),
+            "held" if sim.go.pressed() else "released",
+            "held" if sim.stop.held else "released",
+            "closed" if sim.home.closed() else "open",
+            ", ".join(faults) or "none",
+        )
 
     def table_angle_mdeg(self):
         self.sync()
@@ -327,6 +366,50 @@ class VirtualTable:
         p.actuator_deg = data["actuator_deg"]
         p.velocity_deg_s = 0.0
         p.actuator_velocity_deg_s = 0.0
+
+
+# --- physical inputs (the stdin of `invtable sim board`) ---------------------------
+
+
+class _Inputs:
+    """Lines from the Node runner's control channel, applied to the table.
+
+    Drained at every sync() (the firmware reads the IMU first thing in each
+    control tick), and by the Node side while the REPL idles."""
+
+    @staticmethod
+    def poll(table, in_code):
+        """Apply the waiting inputs. ``in_code``: called from running Python
+        code, which a power_loss then ends by raising SimReset; otherwise the
+        Node side sees the requested reset and boots the board itself."""
+        text = vboard_host.take_inputs()
+        if not text:
+            return
+        for line in text.split("\n"):
+            action = line.strip()
+            if action:
+                _Inputs.apply(table, action, in_code)
+
+    @staticmethod
+    def apply(table, action, in_code):
+        if action == "status":
+            vboard_host.note("status: " + table.describe())
+            return
+        if action == "power_loss":
+            vboard_host.note("input: power_loss (the board restarts)")
+            table.sim.power_off()  # the bridge loses power; the actuator holds
+            vboard_host.sleep_ms(_POWER_OFF_MS)
+            _Resets.pending = machine_sim.PWRON_RESET
+            vboard_host.request_reset(machine_sim.PWRON_RESET)
+            if in_code:
+                raise machine_sim.SimReset(machine_sim.PWRON_RESET)
+            return
+        try:
+            table.inject(action)
+        except ValueError:
+            vboard_host.note("unknown input %r" % action)
+            return
+        vboard_host.note("input: " + action)
 
 
 # --- resets -----------------------------------------------------------------------
@@ -485,6 +568,18 @@ class _VboardApi:
 
     def press(self, button, pressed=True):
         self.table.press(button, pressed)
+
+    def inject(self, action):
+        """A physical input or hardware fault by name (SimTable.ACTIONS)."""
+        self.table.inject(action)
+
+    def describe(self):
+        return self.table.describe()
+
+    def poll_inputs(self):
+        """Apply the control channel's waiting inputs (the Node side calls
+        this while the REPL idles; a power_loss then requests the reset)."""
+        _Inputs.poll(self.table, in_code=False)
 
     def drive_permille(self):
         return self.table.drive_permille()

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import signal
 import sys
+import threading
 
 import click
 
@@ -21,7 +22,79 @@ def _known_board(ctx, param, name):
     return name
 
 
-@click.command("board")
+# The stdin of `invtable sim board` (also its `help` input).
+INPUT_HELP = """\
+Physical inputs, one per line on stdin, acted on at the firmware's next
+control tick (20 ms at 50 Hz) while it runs on the virtual board:
+  go, stop      tap GO / STOP (pressed for 200 ms)
+  go_down, go_up, stop_down, stop_up
+                press and hold / let go (a held GO stays held until go_up)
+  power_loss    power cut: the firmware restarts with cause PWRON_RESET
+  imu_disconnect, imu_stuck, imu_spike, imu_drift, stall, overload,
+  stop_wire_cut, stop_wire_repair, home_switch_fail, home_switch_stuck_closed
+                inject that hardware fault into the simulated table
+  status        the simulated table now: angle, drive, buttons, faults
+                (the firmware's own status: `invtable status --port DEVICE`)
+  help          this list
+  quit          shut down (so do SIGTERM and Ctrl-C)
+Answers go to stdout after the device line. End of stdin does not stop the
+board."""
+
+
+def _read_inputs(vb, stdin, quit_event, note):
+    """Lines of ``stdin`` -> the virtual board's physical inputs."""
+    from invtable.host.vboard import VirtualBoardError
+
+    try:
+        for line in stdin:
+            action = line.strip()
+            if not action:
+                continue
+            if action == "quit":
+                quit_event.set()
+                return
+            if action == "help":
+                for text in INPUT_HELP.splitlines():
+                    note(text)
+                continue
+            try:
+                vb.send_input(action)
+            except ValueError as error:
+                note(str(error))
+            except VirtualBoardError:
+                return
+    except (OSError, ValueError):
+        pass  # stdin closed under us
+
+
+def _note(text):
+    try:
+        click.echo(text)
+        sys.stdout.flush()
+    except (OSError, ValueError):
+        pass  # nobody reads stdout any more: keep the board running
+
+
+SIM_BOARD_HELP = f"""\
+A virtual board: real MicroPython 1.27 on a serial port, with the table inside.
+
+Prints the serial device (a pseudo-terminal) as the FIRST line, then runs
+until Ctrl-C, SIGTERM or `quit` on stdin. Use it as a board on USB, e.g.:
+
+  mpremote connect /dev/pts/N exec "print(1+1)"
+
+  invtable deploy --port /dev/pts/N --force-unverified
+
+Without --world the table starts commissioned (the calibration that
+commissioning measures on it is on its flash); with --world it waits for
+`invtable setup`.
+
+\b
+{INPUT_HELP}
+"""
+
+
+@click.command("board", help=SIM_BOARD_HELP)
 @click.option("--board", default=DEFAULT_BOARD, show_default=True, callback=_known_board,
               help=f"Board file to simulate ({', '.join(board_names())}).")
 @click.option("--seed", type=int, default=0, show_default=True,
@@ -30,41 +103,39 @@ def _known_board(ctx, param, name):
               help="Table angle at power-on, degrees [default: the world's home].")
 @world_option
 def sim_board(board, seed, start_angle_deg, world_data):
-    """A virtual board: real MicroPython 1.27 on a serial port, with the table inside.
-
-    Prints the serial device (a pseudo-terminal) as the FIRST line, then runs
-    until Ctrl-C or SIGTERM. Use it as a board on USB, e.g.:
-
-      mpremote connect /dev/pts/N exec "print(1+1)"
-
-      invtable deploy --port /dev/pts/N --force-unverified
-    """
     from invtable.host import micropython as mpy
     from invtable.host.vboard import VirtualBoard, VirtualBoardError
 
     if world_data is not None:
         make_world(load_board(board), world_data)  # check it here: one line, exit 2
     vb = VirtualBoard(board, seed=seed, start_angle_deg=start_angle_deg, world=world_data,
-                      log=sys.stderr)
+                      log=sys.stderr, on_note=_note)
     try:
         vb.start()
     except (VirtualBoardError, mpy.MicroPythonUnavailable) as error:
         raise click.ClickException(str(error)) from None
     click.echo(vb.port)
     sys.stdout.flush()
+    calibration = "commissioned" if vb.commissioned else "not commissioned (run `invtable setup`)"
     click.echo(
-        f"virtual {board}: MicroPython 1.27 (WebAssembly) with the simulated table; "
-        "Ctrl-C to stop",
+        f"virtual {board}: MicroPython 1.27 (WebAssembly) with the simulated table, "
+        f"{calibration}; `help` on stdin lists the physical inputs; Ctrl-C to stop",
         err=True,
     )
+    quit_event = threading.Event()
+    threading.Thread(
+        target=_read_inputs, args=(vb, sys.stdin, quit_event, _note), daemon=True
+    ).start()
 
     def _terminate(signum, frame):
         raise KeyboardInterrupt
 
     previous = signal.signal(signal.SIGTERM, _terminate)
     try:
-        status = vb.wait()
-        raise click.ClickException(f"the virtual board's interpreter exited ({status})")
+        while not quit_event.wait(0.2):
+            if not vb.alive():
+                status = vb.wait()
+                raise click.ClickException(f"the virtual board's interpreter exited ({status})")
     except KeyboardInterrupt:
         pass
     finally:

@@ -10,7 +10,9 @@ real serial tools talk to it as to a board on USB::
 
 A board without a world starts commissioned (the calibration commissioning
 would measure on that table is on its flash before it first boots); with a
-world it waits for ``invtable setup``.
+world it waits for ``invtable setup``. ``send_input("go")`` and the other
+physical inputs (``INPUTS``) reach the simulated table through a control
+pipe beside the serial line, while the firmware runs.
 
 ``invtable sim board`` runs one until Ctrl-C. POSIX only (pty).
 """
@@ -28,6 +30,7 @@ import time
 import tty
 from pathlib import Path
 
+from invtable.hal_sim.table import SimTable
 from invtable.hal_sim.world import World
 from invtable.host import micropython as mpy
 from invtable.host.boards import DEFAULT_BOARD, load_board
@@ -35,6 +38,9 @@ from invtable.host.boards import DEFAULT_BOARD, load_board
 NODE_RUNNER = Path(__file__).with_name("vboard_node.mjs")
 STAGE_DEST = "/tmp/_vboard/hal_sim"  # removed again once imported
 READY_LINE = b"vboard: ready"
+NOTE_PREFIX = "vboard: note: "  # the board's answers to physical inputs
+# The physical inputs the simulated table takes (send_input).
+INPUTS = SimTable.ACTIONS + ("power_loss", "status")
 START_TIMEOUT_S = 20.0
 # How long output may wait for a reader of the pty before it is dropped (a
 # UART with nobody listening loses bytes too; a connected client never waits).
@@ -64,6 +70,7 @@ class VirtualBoard:
         commissioned: bool | None = None,
         heap_bytes: int = 8 * 1024 * 1024,
         log=None,
+        on_note=None,
     ):
         """``world``: a world file's dict (hal_sim/world.py), the table that is
         really there; None = exactly the board file. Checked here (WorldError)
@@ -71,7 +78,9 @@ class VirtualBoard:
 
         ``commissioned``: start with the calibration commissioning measures on
         this table on the flash; None = only without a world (a --world
-        table waits for ``invtable setup``, as with ``sim serve``)."""
+        table waits for ``invtable setup``, as with ``sim serve``).
+        ``on_note(text)``: the board's answers to physical inputs (default:
+        the log)."""
         self.board_name = board
         self.board = load_board(board)  # KeyError naming the known boards
         self.seed = seed
@@ -82,11 +91,13 @@ class VirtualBoard:
         self.commissioned = world is None if commissioned is None else commissioned
         self.heap_bytes = heap_bytes
         self.log = log  # a text stream for the interpreter's diagnostics (stderr)
+        self.on_note = on_note
         self.port: str | None = None
         self.proc: subprocess.Popen | None = None
         self._master = -1
         self._slave = -1
         self._to_node = -1
+        self._control = -1  # write end of the physical-input pipe
         self._threads: list[threading.Thread] = []
         self._stop = threading.Event()
         self._ready = threading.Event()
@@ -106,7 +117,9 @@ class VirtualBoard:
         flash = commission_flash(SimFlash(), self.board, self.seed, world)
         return {CALIB_FILE: flash.read_bytes(CALIB_FILE).decode("ascii")}
 
-    def command(self) -> list[str]:
+    def command(self, control_fd: int | None = None) -> list[str]:
+        """The Node command line; ``control_fd``: the read end of the
+        physical-input pipe, inherited by node."""
         node = mpy.node_executable()
         if node is None:
             raise mpy.MicroPythonUnavailable("`node` not found on PATH; install Node.js >= 18")
@@ -122,6 +135,7 @@ class VirtualBoard:
             "world": self.world,
             "files": self.flash_files(),
         }
+        control = [] if control_fd is None else ["--control", str(control_fd)]
         return [
             node,
             str(NODE_RUNNER),
@@ -133,25 +147,32 @@ class VirtualBoard:
             f"{_hal_sim_dir()}:{STAGE_DEST}",
             "--config",
             json.dumps(config),
+            *control,
         ]
 
     def start(self) -> VirtualBoard:
-        cmd = self.command()
         self._master, self._slave = os.openpty()
         tty.setraw(self._slave)  # no echo, no line editing: a plain serial line
         os.set_blocking(self._master, False)
         read_end, self._to_node = os.pipe()
-        os.set_blocking(read_end, False)  # the Node side polls it
+        control_end, self._control = os.pipe()
+        for fd in (read_end, control_end):
+            os.set_blocking(fd, False)  # the Node side polls them
         try:
             self.proc = subprocess.Popen(
-                cmd,
+                self.command(control_end),
                 stdin=read_end,
                 stdout=subprocess.PIPE,
                 stderr=subprocess.PIPE,
+                pass_fds=(control_end,),
                 start_new_session=True,  # Ctrl-C in a terminal goes to us, not node
             )
+        except BaseException:
+            self.close()
+            raise
         finally:
             os.close(read_end)
+            os.close(control_end)
         self.port = os.ttyname(self._slave)
         for target in (self._pump_input, self._pump_output, self._pump_stderr):
             thread = threading.Thread(target=target, daemon=True, name=target.__name__)
@@ -175,7 +196,7 @@ class VirtualBoard:
             except subprocess.TimeoutExpired:
                 proc.kill()
                 proc.wait()
-        for fd_name in ("_to_node", "_master", "_slave"):
+        for fd_name in ("_to_node", "_control", "_master", "_slave"):
             fd = getattr(self, fd_name)
             if fd >= 0:
                 with contextlib.suppress(OSError):
@@ -202,6 +223,19 @@ class VirtualBoard:
         """Until the interpreter exits; its exit status."""
         assert self.proc is not None
         return self.proc.wait()
+
+    def send_input(self, action: str) -> None:
+        """A physical input (one of ``INPUTS``: go, go_down, stop, a hardware
+        fault, power_loss, status), acted on at the firmware's next control
+        tick (or at once while the REPL idles). ValueError for an unknown one."""
+        if action not in INPUTS:
+            raise ValueError(f"unknown input {action!r}; valid: {', '.join(INPUTS)}")
+        if self._control < 0:
+            raise VirtualBoardError("the virtual board is not running")
+        try:
+            os.write(self._control, action.encode() + b"\n")  # a few bytes: never blocks
+        except OSError as error:  # EPIPE: node has exited
+            raise VirtualBoardError(f"the virtual board is not running ({error})") from None
 
     # --- the bridge -----------------------------------------------------------------
 
@@ -263,6 +297,9 @@ class VirtualBoard:
                 self._ready.set()
                 continue
             text = line.decode("utf-8", "replace")
+            if text.startswith(NOTE_PREFIX) and self.on_note is not None:
+                self.on_note(text[len(NOTE_PREFIX) :].rstrip("\n"))
+                continue
             self._stderr_tail.append(text)
             del self._stderr_tail[:-50]
             if self.log is not None:

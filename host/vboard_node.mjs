@@ -6,7 +6,7 @@
 // Python side (host/vboard.py) bridges stdin/stdout to a pseudo-terminal.
 //
 // usage: node host/vboard_node.mjs --micropython PATH --mount SRC:DEST...
-//            --config JSON [--heap BYTES]
+//            --config JSON [--heap BYTES] [--control FD]
 //
 // stdin must be a pipe opened with O_NONBLOCK (the Python side does that):
 // input is read with non-blocking reads, both while the REPL idles (polled
@@ -26,8 +26,14 @@
 //   out of the input and raises KeyboardInterrupt at the interpreter's next
 //   sleep, serial read or simulated-hardware access.
 // - stdin for the running code (sys.stdin), non-blocking.
+// - physical inputs: lines ("go", "stop_down", "imu_stuck", "power_loss",
+//   "status", ...) on the --control FD (a non-blocking pipe) are queued for
+//   the simulated table; hal_sim/vboard_main.py takes them at every control
+//   tick of the running firmware (take_inputs), and this runner hands them
+//   over itself while the REPL idles.
 //
-// On stderr: "vboard: ready" once the interpreter is up, then diagnostics.
+// On stderr: "vboard: ready" once the interpreter is up, then diagnostics;
+// "vboard: note: TEXT" lines answer the physical inputs.
 
 import fs from "node:fs";
 import path from "node:path";
@@ -50,7 +56,7 @@ function die(message) {
 }
 
 function parseArgs(argv) {
-  const opts = { mounts: [], heap: 8 * 1024 * 1024, mjs: null, config: null };
+  const opts = { mounts: [], heap: 8 * 1024 * 1024, mjs: null, config: null, control: -1 };
   for (let i = 0; i < argv.length; i++) {
     const a = argv[i];
     const value = () => {
@@ -68,6 +74,8 @@ function parseArgs(argv) {
       opts.mjs = value();
     } else if (a === "--config") {
       opts.config = value();
+    } else if (a === "--control") {
+      opts.control = parseInt(value(), 10);
     } else {
       die(`unknown argument ${a}`);
     }
@@ -90,7 +98,32 @@ const input = {
 };
 const readChunk = Buffer.alloc(65536);
 
+// The control channel: physical inputs, one per line.
+const control = { fd: -1, partial: "", lines: [] };
+
+function pumpControl() {
+  if (control.fd < 0) return;
+  for (;;) {
+    let n;
+    try {
+      n = fs.readSync(control.fd, readChunk, 0, readChunk.length, null);
+    } catch (e) {
+      if (e.code === "EAGAIN" || e.code === "EWOULDBLOCK") return;
+      if (e.code !== "EOF") throw e;
+      n = 0;
+    }
+    if (n === 0) {
+      control.fd = -1; // closed: no more inputs, the board runs on
+      return;
+    }
+    const parts = (control.partial + readChunk.toString("latin1", 0, n)).split("\n");
+    control.partial = parts.pop();
+    for (const line of parts) if (line.trim()) control.lines.push(line.trim());
+  }
+}
+
 function pump() {
+  pumpControl();
   for (;;) {
     let n;
     try {
@@ -204,6 +237,19 @@ const host = {
     pump();
     return available();
   },
+  // The physical inputs that arrived, newline-separated ("" = none).
+  take_inputs() {
+    pumpControl();
+    if (!control.lines.length) return "";
+    const text = control.lines.join("\n");
+    control.lines = [];
+    return text;
+  },
+  note(text) {
+    flush();
+    process.stderr.write(`vboard: note: ${text}\n`);
+    return 0;
+  },
 };
 
 // sys.stdin of the running code: a byte, or null = nothing now (read returns 0).
@@ -237,6 +283,7 @@ function removeTree(FS, dir) {
 
 async function main() {
   const opts = parseArgs(process.argv.slice(2));
+  control.fd = opts.control;
   const { loadMicroPython } = await import(pathToFileURL(path.resolve(opts.mjs)).href);
   const mp = await loadMicroPython({
     heapsize: opts.heap,
@@ -317,6 +364,13 @@ async function main() {
 
   await boot(PWRON_RESET);
 
+  const reset = async (cause) => {
+    input.resetCause = 0;
+    py("__import__('_vboard').board.take_reset_cause()");
+    putText(cause === SOFT_RESET ? "MPY: soft reboot\r\n" : `\r\nvboard: hard reset (cause ${cause})\r\n`);
+    await boot(cause);
+  };
+
   const feed = async (c) => {
     input.executing = true;
     input.kbdChar = CTRL_C;
@@ -329,6 +383,13 @@ async function main() {
   let lastData = Date.now();
   for (;;) {
     pump();
+    if (control.lines.length) {
+      // Nothing runs: apply the inputs now (a power_loss resets the board).
+      input.resetCause = 0;
+      py("__import__('_vboard').poll_inputs()");
+      if (input.resetCause) await reset(input.resetCause);
+      continue;
+    }
     if (available() === 0) {
       checkEof();
       const idleMs = Date.now() - lastData;
@@ -381,11 +442,7 @@ async function main() {
       // Ctrl-D on an empty line (the REPL returns non-zero), or the code
       // called machine.reset() / let the watchdog expire (this port's REPL
       // swallows the SystemExit those raise, so the code told us).
-      const cause = input.resetCause || SOFT_RESET;
-      input.resetCause = 0;
-      py("__import__('_vboard').board.take_reset_cause()");
-      putText(cause === SOFT_RESET ? "MPY: soft reboot\r\n" : `\r\nvboard: hard reset (cause ${cause})\r\n`);
-      await boot(cause);
+      await reset(input.resetCause || SOFT_RESET);
     }
   }
 }
