@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+import select
 import subprocess
 import sys
 import time
@@ -119,3 +121,120 @@ def _put_firmware_sources(port):
     for name in ("__init__", "compat", "hal", "mpu6050", "esp32_hal"):
         args += ["+", "fs", "cp", str(FIRMWARE_DIR / f"{name}.py"), f":firmware/{name}.py"]
     return mpremote(port, *args)
+
+
+# --- commissioned at power-on; physical inputs -------------------------------------
+
+
+def test_a_board_without_a_world_starts_commissioned(vboard, tmp_path):
+    from invtable.boards import esp32_devkitc
+    from invtable.firmware import storage
+    from invtable.hal_sim.scenario import commissioned_calibration
+
+    ok(mpremote(vboard.port, "fs", "cp", ":calib.json", str(tmp_path / "calib.json")))
+    doc, state = storage.decode((tmp_path / "calib.json").read_bytes())
+    assert state == storage.OK
+    assert doc == {"schema": 1, "calib": commissioned_calibration(esp32_devkitc.BOARD, 0, None)}
+
+
+def test_a_world_board_starts_uncommissioned_unless_asked():
+    from invtable.boards import esp32_devkitc
+    from invtable.firmware import storage
+    from invtable.hal_sim.scenario import commissioned_calibration
+    from invtable.hal_sim.world import World
+
+    world = {"home_angle_deg": -55}
+    assert VirtualBoard("esp32_devkitc", world=world).flash_files() == {}
+    files = VirtualBoard("esp32_devkitc", world=world, commissioned=True, seed=3).flash_files()
+    measured = commissioned_calibration(
+        esp32_devkitc.BOARD, 3, World.from_dict(world, esp32_devkitc.BOARD)
+    )
+    assert storage.decode(files["calib.json"].encode())[0]["calib"] == measured
+    assert VirtualBoard("esp32_devkitc", commissioned=False).flash_files() == {}
+
+
+class _SerialLines:
+    """Lines the board prints on its serial port (a second reader of the pty)."""
+
+    def __init__(self, port):
+        self.fd = os.open(port, os.O_RDWR | os.O_NOCTTY)
+        self.buf = b""
+
+    def write(self, data):
+        os.write(self.fd, data)
+
+    def wait_for(self, text, timeout_s=10.0):
+        deadline = time.monotonic() + timeout_s
+        while text.encode() not in self.buf:
+            left = deadline - time.monotonic()
+            assert left > 0, f"{text!r} not printed; got {self.buf[-500:]!r}"
+            ready, _, _ = select.select([self.fd], [], [], left)
+            if ready:
+                self.buf += os.read(self.fd, 4096)
+        end = self.buf.index(text.encode()) + len(text)
+        self.buf = self.buf[end:]
+
+    def drain(self):
+        """Everything printed since the last wait_for."""
+        while select.select([self.fd], [], [], 0.1)[0]:
+            self.buf += os.read(self.fd, 4096)
+        return self.buf
+
+    def close(self):
+        os.close(self.fd)
+
+
+PIN_WATCHER = """
+import machine, time, _vboard
+print("BOOT cause", machine.reset_cause())
+go = machine.Pin(%d, machine.Pin.IN, machine.Pin.PULL_UP)
+last = None
+while True:
+    _vboard.table_angle_mdeg()  # the firmware's first act in a tick: the IMU read
+    level = go.value()
+    if level != last:
+        print("GO level", level)
+        last = level
+    time.sleep_ms(20)
+"""
+
+
+def test_physical_inputs_reach_running_code_and_power_loss_reboots(micropython_setup, tmp_path):
+    from invtable.boards import esp32_devkitc
+
+    notes = []
+    main_py = tmp_path / "main.py"
+    main_py.write_text(PIN_WATCHER % esp32_devkitc.BOARD["go_pin"])
+    with VirtualBoard("esp32_devkitc", on_note=notes.append) as vb:
+        vb.send_input("stop_down")  # at the idle REPL: applied by the runner at once
+        vb.send_input("status")
+        ok(mpremote(vb.port, "fs", "cp", str(main_py), ":main.py"))
+        vb.send_input("stop_up")
+        serial = _SerialLines(vb.port)
+        try:
+            serial.write(b"\x03\x02\x04")  # friendly REPL, soft reset: main.py runs
+            serial.wait_for("BOOT cause 5")
+            serial.wait_for("GO level 1")  # released: the pull-up
+            vb.send_input("go_down")
+            serial.wait_for("GO level 0")
+            time.sleep(0.5)  # held stays held
+            assert b"GO level" not in serial.drain()
+            vb.send_input("go_up")
+            serial.wait_for("GO level 1")
+            vb.send_input("go")  # a tap lets go by itself
+            serial.wait_for("GO level 0")
+            serial.wait_for("GO level 1")
+            vb.send_input("status")
+            vb.send_input("power_loss")
+            serial.wait_for("BOOT cause 1")  # PWRON_RESET: main.py runs again
+            serial.wait_for("GO level 1")
+        finally:
+            serial.close()
+    assert notes[0] == "input: stop_down"
+    assert notes[1].startswith("status: table -60.0 deg, drive 0 permille, GO released, "
+                               "STOP held, home switch closed, faults: none")
+    assert notes[2:6] == ["input: stop_up", "input: go_down", "input: go_up", "input: go"]
+    assert "GO released, STOP released" in notes[6]
+    assert notes[7] == "input: power_loss (the board restarts)"
+    with pytest.raises(ValueError, match="unknown input 'jump'"):
+        VirtualBoard("esp32_devkitc").send_input("jump")

@@ -1,0 +1,204 @@
+"""A session on the virtual board: `invtable sim board`, `invtable deploy`, GO and
+STOP on the board's stdin, `invtable status` on its serial port.
+
+Real processes throughout: the firmware runs under the WebAssembly MicroPython
+on the simulated table, the buttons are pressed through `sim board`'s stdin.
+Both boards (commissioned, and a --world one that is not) are deployed at the
+same time: a deploy through the plain raw REPL takes most of the wall time.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import queue
+import shutil
+import subprocess
+import sys
+import threading
+import time
+from concurrent.futures import ThreadPoolExecutor
+
+import pytest
+
+pytestmark = pytest.mark.skipif(sys.platform == "win32", reason="needs a POSIX pty")
+
+DEPLOY_TIMEOUT_S = 180
+
+
+def invtable_cmd():
+    exe = shutil.which("invtable", path=os.path.dirname(sys.executable))
+    return [exe] if exe else [sys.executable, "-m", "invtable.host.cli"]
+
+
+class SimBoardProcess:
+    """`invtable sim board` in a process: its port, its stdin, its stdout notes."""
+
+    def __init__(self, tmp_path, *args):
+        self.stderr_path = tmp_path / "stderr.txt"
+        self._stderr = open(self.stderr_path, "w")  # noqa: SIM115 - closed in close()
+        self.proc = subprocess.Popen(
+            [*invtable_cmd(), "sim", "board", *args],
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            stderr=self._stderr,
+            text=True,
+        )
+        self.port = self.proc.stdout.readline().strip()
+        assert self.port.startswith("/dev/"), self.port + self.stderr()
+        self.notes: queue.Queue[str] = queue.Queue()
+        threading.Thread(target=self._read_notes, daemon=True).start()
+
+    def _read_notes(self):
+        for line in self.proc.stdout:
+            self.notes.put(line.rstrip("\n"))
+
+    def stderr(self) -> str:
+        return self.stderr_path.read_text()
+
+    def send(self, line: str) -> None:
+        self.proc.stdin.write(line + "\n")
+        self.proc.stdin.flush()
+
+    def wait_note(self, prefix: str, timeout_s: float = 10.0) -> str:
+        deadline = time.monotonic() + timeout_s
+        while True:
+            left = deadline - time.monotonic()
+            try:
+                note = self.notes.get(timeout=max(left, 0.01))
+            except queue.Empty:
+                raise AssertionError(f"no note starting {prefix!r} within {timeout_s} s") from None
+            if note.startswith(prefix):
+                return note
+
+    def deploy(self) -> float:
+        started = time.monotonic()
+        proc = subprocess.run(
+            [*invtable_cmd(), "deploy", "--port", self.port, "--force-unverified"],
+            capture_output=True,
+            text=True,
+            timeout=DEPLOY_TIMEOUT_S,
+        )
+        assert proc.returncode == 0, proc.stdout + proc.stderr + self.stderr()
+        return time.monotonic() - started
+
+    def close(self) -> int | None:
+        if self.proc.poll() is None:
+            try:
+                self.send("quit")
+                self.proc.wait(10)
+            except (OSError, subprocess.TimeoutExpired):
+                self.proc.terminate()
+                self.proc.wait(10)
+        self._stderr.close()
+        return self.proc.returncode
+
+
+def status(port: str) -> dict:
+    proc = subprocess.run(
+        [*invtable_cmd(), "status", "--json", "--port", port],
+        capture_output=True,
+        text=True,
+        timeout=30,
+    )
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    return json.loads(proc.stdout)
+
+
+def wait_status(port: str, wanted, timeout_s: float = 20.0) -> tuple[dict, list[str]]:
+    """Poll `invtable status` until wanted(status); (that status, states seen)."""
+    seen: list[str] = []
+    deadline = time.monotonic() + timeout_s
+    while True:
+        data = status(port)
+        if not seen or seen[-1] != data["state"]:
+            seen.append(data["state"])
+        if wanted(data):
+            return data, seen
+        assert time.monotonic() < deadline, f"not reached within {timeout_s} s: {data}"
+        time.sleep(0.1)
+
+
+def at_home(board, banner: str, commissioned: bool, calibration_status: str) -> dict:
+    """The freshly deployed board, as `sim board` announced it: at HOME, and
+    commissioned or not."""
+    assert banner in board.stderr()
+    data = status(board.port)
+    assert data["state"] == "HOME" and data["commissioned"] is commissioned, data
+    assert data["calibration_status"] == calibration_status
+    return data
+
+
+@pytest.fixture(scope="module")
+def boards(micropython_setup, tmp_path_factory):
+    """{"commissioned": ..., "world": ...}: two deployed virtual boards."""
+    world_file = tmp_path_factory.mktemp("world") / "world.json"
+    world_file.write_text(json.dumps({"rider_kg": 95}))
+    made = {}
+    try:
+        made["commissioned"] = SimBoardProcess(tmp_path_factory.mktemp("plain"))
+        made["world"] = SimBoardProcess(
+            tmp_path_factory.mktemp("world_board"), "--world", str(world_file)
+        )
+        started = time.monotonic()
+        with ThreadPoolExecutor(2) as pool:
+            seconds = list(pool.map(SimBoardProcess.deploy, made.values()))
+        print(
+            f"two deploys at once: {time.monotonic() - started:.1f} s "
+            f"({', '.join(f'{s:.1f}' for s in seconds)} s each)"
+        )
+        yield made
+    finally:
+        for board in made.values():
+            board.close()
+
+
+def test_without_a_world_a_session_runs_from_stdin(boards):
+    board = boards["commissioned"]
+    before = at_home(board, "commissioned;", True, "ok")
+
+    started = time.monotonic()
+    board.send("go")
+    board.wait_note("input: go")
+    moving, seen = wait_status(board.port, lambda s: s["state"] != "HOME")
+    assert moving["state"] in ("WARN", "RAMP"), seen
+    assert moving["session"] is True and moving["warning"] is None
+    go_s = time.monotonic() - started
+    # Once the table is really on its way (the beeper's warning is over),
+    # STOP has a ramped return to do.
+    home_mdeg = before["angle_mdeg"]
+    wait_status(
+        board.port, lambda s: s["state"] == "RAMP" and s["angle_mdeg"] > home_mdeg + 2000
+    )
+
+    started = time.monotonic()
+    board.send("stop")
+    board.wait_note("input: stop")
+    home, seen = wait_status(board.port, lambda s: s["state"] == "HOME", timeout_s=30)
+    assert seen[0] in ("RAMP", "RETURN") and "RETURN" in seen, seen
+    assert home["session"] is False and home["fault"] is None, home
+    assert home["last_end"] == "stopped", home
+    print(f"GO -> {moving['state']} seen after {go_s:.1f} s; STOP -> HOME after "
+          f"{time.monotonic() - started:.1f} s via {seen}")
+
+
+def test_with_a_world_go_is_refused_until_setup(boards):
+    board = boards["world"]
+    at_home(board, "not commissioned", False, "missing")
+
+    board.send("go")
+    refused, seen = wait_status(
+        board.port, lambda s: s["warning"] == "go_refused_not_commissioned"
+    )
+    assert seen == ["HOME"] and refused["session"] is False
+
+
+def test_status_help_and_unknown_inputs_answer_on_stdout(boards):
+    board = boards["commissioned"]
+    board.send("status")
+    note = board.wait_note("status: ")
+    assert "GO released" in note and "STOP released" in note and "faults: none" in note
+    board.send("help")
+    board.wait_note("Physical inputs")
+    board.send("no_such_input")
+    assert "valid: " in board.wait_note("unknown input 'no_such_input'")
