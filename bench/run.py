@@ -766,8 +766,9 @@ def bench_commissioning(report):
     margin, summary = cb.slowest_budget_margin_s()
     report.add("budget_margin_slowest_world_s", figure(
         round(margin, 2), "s", compared("inverted-time limit", 90, "s"), ">= 0", margin >= 0,
-        "60 deg session holding longer than its 90 s limit, on the slowest world (actuator 4 deg/s, lag 400 ms, "
-        f"rider 160 kg), commissioned: {summary['inverted_s']:.2f} s inverted, "
+        "60 deg session holding longer than its 90 s limit, on the slowest world "
+        "(actuator 4 deg/s, lag 400 ms, rider 160 kg), commissioned: "
+        f"{summary['inverted_s']:.2f} s inverted, "
         f"ended {', '.join(summary['session_ends'])}"))
 
 

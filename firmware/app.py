@@ -11,7 +11,8 @@ last-resort routine with no estimator drives slowly to the home switch.
 from . import calibration, storage
 from .auth import AUTH_FILE, Auth
 from .compat import const, ticks_diff
-from .controller import END_COMPLETED, F_CRASH, HOME, Controller, Inputs
+from .controller import END_COMPLETED, F_CRASH, F_SETUP_LEFT, HOME, Controller, Inputs
+from .last_resort import LastResort
 from .sessionlog import LOG_FILE, SessionLog
 from .settings import DEFAULTS_CORRUPT, SETTINGS_FILE, Settings
 
@@ -88,8 +89,7 @@ class App:
         self._program = None
         self._explicit_program = False  # set_program() was called: settings do not apply
         self._user = "guest"
-        self._last_resort_start = None
-        self._last_resort_ms = self.ctl.blind_cap_ms
+        self._rescue = LastResort(board, self.ctl.blind_cap_ms)
         self._in_session = False
         self._pending_entry = None  # log entry waiting for the table to be at rest
         # Uptime in whole seconds plus a ms remainder: small ints for 34 years.
@@ -133,6 +133,7 @@ class App:
             "angle_mdeg": ctl.angle_mdeg,
             "target_mdeg": ctl.profile.pos_mdeg,
             "fault": ctl.fault,
+            "fault_chain": list(ctl.fault_chain),
             "warning": ctl.warning,
             "user": self._user,
             "session": session is not None,
@@ -220,6 +221,7 @@ class App:
         setup.step(dt_ms, self.inputs)
         if not setup.done:
             return
+        away = not self.hal.home.closed()
         status = setup.status()
         if setup.result is not None:
             try:
@@ -234,8 +236,13 @@ class App:
             status["calibration"] = setup.result
         self.setup_last = status
         self.setup = None
-        # Start again from BOOT on the new calibration (or the old one).
+        # Start again from BOOT on the new calibration (or the old one). Left
+        # away from home (the builder cancelled before jogging it back), the
+        # empty table stays where it is, drive off, alarm on: a fault, which a
+        # reboot clears (the boot then brings it home).
         self._replace_controller()
+        if away and setup.result is None:
+            self.ctl.latch_now(F_SETUP_LEFT)
 
     def _record_interrupted_session(self):
         """At boot: a session marker left on flash means a reset cut a session short."""
@@ -301,9 +308,14 @@ class App:
             self._pending_entry = self._entry(
                 ctl.end_reason, ctl.fault, ctl.max_angle_mdeg, ctl.inverted_ms
             )
-        if self._pending_entry is not None and not ctl.power:
+        if self._pending_entry is not None and ctl.at_rest():
             entry = self._pending_entry
             self._pending_entry = None
+            # The rider's true exposure: counted on until the table was back
+            # at or below 0 deg (a fault's return included).
+            entry["inverted_ms"] = ctl.inverted_ms
+            if ctl.max_angle_mdeg > entry["max_angle_mdeg"]:
+                entry["max_angle_mdeg"] = ctl.max_angle_mdeg
             self.log.append(entry)
             self.hal.fs.remove(MARKER_FILE)
             self.ended_entry = entry
@@ -393,42 +405,32 @@ class App:
             # (state FAULT, fault crash, the drive the routine commands).
             try:
                 ctl = Controller(self.board, self.calib)
+                ctl.inherit(old)
                 ctl.latch_now(F_CRASH)
                 self.ctl = ctl
             except Exception:  # noqa: BLE001 - the routine runs regardless
                 pass
             return
         # A fresh controller: the old one's state may be what broke.
-        self._replace_controller(F_CRASH)
+        self._replace_controller(F_CRASH, old)
 
-    def _replace_controller(self, boot_fault=None):
-        """A fresh controller on the current calibration, with the program."""
+    def _replace_controller(self, boot_fault=None, old=None):
+        """A fresh controller on the current calibration, with the program
+        (and, after a crash, the rider's exposure so far)."""
         self.ctl = Controller(self.board, self.calib)
+        if old is not None:
+            self.ctl.inherit(old)
         if boot_fault is not None:
             self.ctl.latch_at_boot(boot_fault)
         if self._program is not None:
             self.ctl.set_program(self._program[0], self._program[1])
 
     def _last_resort(self):
-        """No estimator, no state machine: slowly to the home switch, then off."""
-        hal = self.hal
-        now_ms = hal.clock.ticks_ms()
-        if self._last_resort_start is None:
-            self._last_resort_start = now_ms
-        timed_out = ticks_diff(now_ms, self._last_resort_start) > self._last_resort_ms
-        ctl = self.ctl
-        if hal.home.closed() or timed_out:
-            hal.actuator.off()
-            ctl.drive = 0
-            ctl.power = False
-        else:
-            board = self.board
-            drive = -(board["recovery_speed_mdeg_s"] * 1000 // board["actuator_speed_mdeg_s"])
-            hal.actuator.drive(drive)
-            ctl.drive = drive
-            ctl.power = True
-        hal.indicator.set(True, True)
-        hal.wdt.feed()
+        """No estimator, no state machine: slowly to the home switch, then off
+        (last_resort.LastResort, also what main.py runs when no App starts)."""
+        drive = self._rescue.step(self.hal)
+        self.ctl.drive = drive
+        self.ctl.power = drive != 0
 
 
 def run(hal, board, app=None, reset_fault=None, time_module=None, ticks=None):

@@ -43,6 +43,7 @@ AXES = "axes"
 LEVEL = "level"
 TRAVEL_OUT = "travel_out"
 TRAVEL_HOME = "travel_home"
+JOG_HOME = "jog_home"  # left away from home: GO held brings the table back
 DONE = "done"
 STEPS = (WIRING, GO_PRESS, AXES, LEVEL, TRAVEL_OUT, TRAVEL_HOME)
 
@@ -58,8 +59,11 @@ PROMPTS = {
     TRAVEL_OUT: "Hold GO: the table tilts to the end of its travel at a steady speed and "
     "stops by itself (this measures the actuator). Release GO to pause.",
     TRAVEL_HOME: "Hold GO: the table returns to the home switch and stops by itself.",
+    JOG_HOME: "Hold GO to bring the table back home slowly (commissioning stopped with it "
+    "away from home); it stops on the home switch. STOP stops it.",
     DONE: "Commissioning finished.",
 }
+MOTION_STEPS = (AXES, LEVEL, TRAVEL_OUT, TRAVEL_HOME)
 
 # Waiting for the builder
 GO_PRESS_TIMEOUT_MS = const(120000)
@@ -91,7 +95,11 @@ END_STOP_MOVED_MDEG = const(300)  # less than this in END_STOP_MS while driven: 
 END_STOP_MS = const(1000)
 SETTLE_MS = const(3500)  # at rest after each motion before averaging
 REST_AVERAGE_MS = const(3000)
-MID_REST_MARGIN_MDEG = const(10000)  # no mid-travel rest if the travel starts this near it
+MID_REST_MARGIN_MDEG = const(10000)
+# The accelerometer's zero error is fitted only when the rests span this much
+# of the circle: over a short arc (a table that only travels to 20 deg) the
+# fit's error exceeded the error it removes.
+FIT_MIN_SPAN_MDEG = const(120000)  # no mid-travel rest if the travel starts this near it
 HOME_CREEP_MS = const(300)  # after the switch closes, keep going this long
 HOME_MISSED_MDEG = const(4000)  # this far below the level-derived home: switch never closed
 MIN_TRAVEL_MDEG = const(20000)
@@ -102,11 +110,10 @@ MAX_SPEED_MDEG_S = const(50000)
 # What commissioning measures, and how well (the tests hold it to these over
 # random simulated worlds; bench/results.json has the worst errors seen):
 #   actuator speed each way   within SPEED_TOLERANCE_PERMILLE of the truth;
-#   lag                       the table's effective delay behind the drive:
-#                             the actuator's time constant plus one control
-#                             tick, the motor's torque limit and, towards
-#                             home, the play taken up on reversal, so from
-#                             LAG_UNDER_MS below to LAG_OVER_MS above it;
+#   lag                       the table's effective delay behind the drive,
+#                             head-down: the actuator's time constant plus
+#                             one control tick and the motor's torque limit,
+#                             so from LAG_UNDER_MS below to LAG_OVER_MS above;
 #   angles near home          home rest angle, where the switch opens and
 #                             closes: within ANGLE_TOLERANCE_MDEG;
 #   the angle estimate        anywhere in the travel afterwards: within
@@ -121,7 +128,7 @@ MAX_SPEED_MDEG_S = const(50000)
 #   IMU axes and signs        exactly.
 SPEED_TOLERANCE_PERMILLE = const(30)
 LAG_UNDER_MS = const(30)
-LAG_OVER_MS = const(250)
+LAG_OVER_MS = const(100)
 ANGLE_TOLERANCE_MDEG = const(700)
 ESTIMATE_TOLERANCE_MDEG = const(900)
 
@@ -236,6 +243,9 @@ class Commissioning:
         self._phase = 0  # travel steps: 0 moving, 1 creeping home, 2 settling
         self._phase_ms = 0
         self._pending_level = None
+        self.failed_step = None  # the step an error ended
+        self._go_armed = False  # GO seen released since this step began (hold-to-run)
+        self._at_home = True  # the home switch, as last read
         self._open_after_mdeg = 0
         self._close_mdeg = None
         self.imu = None  # the measured mounting, once the level is known
@@ -253,8 +263,21 @@ class Commissioning:
         return self.step_name == DONE
 
     def cancel(self):
-        if not self.done:
+        """The host leaves: the routine ends here, drive off (also in JOG_HOME)."""
+        if self.step_name == JOG_HOME:
+            self.step_name = DONE
+            self._off()
+        elif not self.done:
             self._fail("cancelled", "commissioning cancelled: the drive is off")
+            if self.step_name == JOG_HOME:
+                self.step_name = DONE
+
+    def stop(self):
+        """STOP (the button or the serial line): the drive off at once."""
+        if self.step_name == JOG_HOME:
+            self._off()
+        elif not self.done:
+            self._fail("stopped", "STOP pressed: commissioning abandoned, the drive is off")
 
     def give_level(self, angle_mdeg, where):
         """The builder's level reference (``where`` is "home" or "here").
@@ -279,7 +302,11 @@ class Commissioning:
         error = None
         if self.error is not None:
             error = {"code": self.error[0], "message": self.error[1]}
-        index = STEPS.index(self.step_name) if self.step_name in STEPS else len(STEPS)
+        index = len(STEPS)
+        if self.step_name in STEPS:
+            index = STEPS.index(self.step_name)
+        elif self.failed_step in STEPS:
+            index = STEPS.index(self.failed_step)  # jog_home: where it stopped
         return {
             "step": self.step_name,
             "index": index,
@@ -289,6 +316,7 @@ class Commissioning:
             "driving": self.power and self.drive != 0,
             "measured": dict(self.measured),
             "error": error,
+            "failed_step": self.failed_step,
             "done": self.done,
         }
 
@@ -299,11 +327,17 @@ class Commissioning:
             self._off()
             return
         self._step_ms += dt_ms
+        self._at_home = inp.home
+        if not inp.go:
+            self._go_armed = True
+        if self.step_name == JOG_HOME:
+            self._run_jog_home(inp)
+            return
         if not inp.imu_ok:
             self._fail("imu_lost", "the IMU stopped answering: check its cable and connector")
             return
         if inp.stop and self.step_name != WIRING:
-            self._fail("stopped", "STOP pressed: commissioning abandoned, the drive is off")
+            self.stop()
             return
         name = self.step_name
         if name == WIRING:
@@ -321,7 +355,22 @@ class Commissioning:
         self.step_name = name
         self._step_ms = 0
         self.progress = 0
+        self._go_armed = False  # a GO still held from the last step does not count
         self._off()
+
+    def _held(self, inp):
+        """GO held, and released at least once since this step began."""
+        return inp.go and self._go_armed
+
+    def _run_jog_home(self, inp):
+        if inp.home:
+            self.step_name = DONE  # home: the routine is over (its error stays)
+            self._off()
+        elif self._held(inp) and not inp.stop:
+            self.drive = -self._level_drive
+            self.power = True
+        else:
+            self._off()
 
     def _off(self):
         self.drive = 0
@@ -329,7 +378,12 @@ class Commissioning:
 
     def _fail(self, code, message):
         self.error = (code, message)
-        self.step_name = DONE
+        self.failed_step = self.step_name
+        # Left away from home (an empty table): the builder brings it back
+        # with GO held; the controller does not drive it by itself.
+        moving = self.step_name in MOTION_STEPS
+        self.step_name = JOG_HOME if moving and not self._at_home else DONE
+        self._go_armed = False
         self._off()
 
     # ------------------------------------------------------------ averaging
@@ -438,7 +492,7 @@ class Commissioning:
                 self._finish_axes(self._rest_mean())
             return
         self.progress = rotation * 900 // AXES_ROTATION_MDEG
-        if not inp.go:
+        if not self._held(inp):
             self._off()
             return
         if inp.overload:
@@ -549,7 +603,7 @@ class Commissioning:
             self._finish_level(g, angle, where)
             return
         rough = self._rough.accel_angle_mdeg(raw)
-        if inp.go and rough < LEVEL_JOG_MAX_MDEG:
+        if self._held(inp) and rough < LEVEL_JOG_MAX_MDEG:
             self.drive = self._level_drive
             self.power = True
             self._reset_rest()
@@ -627,7 +681,7 @@ class Commissioning:
         if not est.settled:
             self._off()
             return
-        if not inp.go:
+        if not self._held(inp):
             self._off()
             self._end_segment()
             return
@@ -728,6 +782,16 @@ class Commissioning:
         self.measured["home_close_mdeg"] = self._close_mdeg
         self._finish()
 
+    def _rest_span_mdeg(self):
+        """How much of the circle the rests cover (a short arc fits badly)."""
+        rough = Mounting(self.imu)
+        low = high = rough.accel_angle_mdeg(self._points[0])
+        for g in self._points:
+            angle = rough.accel_angle_mdeg(g)
+            low = angle if angle < low else low
+            high = angle if angle > high else high
+        return high - low
+
     def _finish(self):
         """The accelerometer's zero error from the rests, then the mounting
         offset and the angles again with it removed."""
@@ -740,8 +804,9 @@ class Commissioning:
             return
         bias = [0, 0, 0]
         normal_i = 3 - self._gyro_index - _axis(m["imu_along"])
-        bias[normal_i] = centre[0]
-        bias[_axis(m["imu_along"])] = centre[1]
+        if self._rest_span_mdeg() >= FIT_MIN_SPAN_MDEG:
+            bias[normal_i] = centre[0]
+            bias[_axis(m["imu_along"])] = centre[1]
         if abs(bias[0]) > calibration.BIAS_MAX_MG or abs(bias[1]) > calibration.BIAS_MAX_MG or (
             abs(bias[2]) > calibration.BIAS_MAX_MG
         ):
@@ -766,7 +831,10 @@ class Commissioning:
         m["home_open_mdeg"] = home_start + self._open_after_mdeg
         m["home_close_mdeg"] = m["home_close_mdeg"] + shift
         m["home_rest_mdeg"] = rest_angle
-        lag = m["lag_down_ms"] if m["lag_down_ms"] > m["lag_up_ms"] else m["lag_up_ms"]
+        # The actuator's own lag: head-down, where no reversal's play adds to
+        # it (the feed-forward leads by it; a larger value over-drives the
+        # start of every ramp). Towards home the play adds about play/speed.
+        lag = m["lag_down_ms"]
         calib = {
             "imu_along": m["imu_along"],
             "imu_normal": m["imu_normal"],

@@ -27,6 +27,7 @@ Safety rules enforced here, whatever the inputs do:
 from .calibration import effective_board
 from .compat import const, ticks_diff
 from .fusion import AngleEstimator, Mounting
+from .homing import BlindReturn
 from .motion import Profile, braking_distance_mdeg
 from .program import Session
 from .stall import StallMonitor
@@ -62,6 +63,7 @@ F_HOME_NOT_REACHED = "home_not_reached"  # blind return timed out
 F_CRASH = "crash"  # an exception in the control loop
 F_WATCHDOG = "watchdog"  # the loop hung and the watchdog reset the board
 F_CANNOT_FOLLOW = "cannot_follow"  # the table moves, but persistently slower than asked
+F_SETUP_LEFT = "setup_left_away"  # commissioning was left with the table away from home
 
 WARN_MS = const(2000)  # audible warning between GO and the first motion
 BOOT_SETTLE_MS = const(600)  # covers the estimator's start-up averaging (fusion)
@@ -155,6 +157,20 @@ class Controller:
         # (at the faster direction's measured speed).
         drive_cap = board["max_speed_mdeg_s"] * 1000 // self.actuator_speed_mdeg_s
         self.drive_cap = drive_cap if drive_cap < 1000 else 1000
+        self.blind = BlindReturn(
+            self.home_angle_mdeg, board["max_angle_mdeg"], self.actuator_speed_mdeg_s,
+            self.max_accel_mdeg_s2,
+        )
+        # The rider's exposure goes on after a fault ends the session, until
+        # the table is back at or below 0 deg (inverted_ms keeps counting).
+        self._exposed = False
+        self.fault_chain = []  # further faults while one is latched (.fault keeps the first)
+        self._fault_done = False  # the fault's way home is over: drive off for good
+        self._fault_speed_mdeg_s = self.recovery_speed_mdeg_s
+        self._speed_hint_mdeg_s = 0  # the speed of a session a crash interrupted
+        self._switch_doubted = False  # the home switch closed far from home
+        self._blind_paused = False  # an over-current pause of the blind return was taken
+        self._blind_pause_until_ms = 0
         self.calibration_changed = False  # the home check failed: GO refused
         self._prev_home_raw = False
         self._waiting = False  # the reference waits for the table
@@ -260,13 +276,10 @@ class Controller:
         # The driver's over-current flag only means something while it drives.
         self._overload_ticks = self._overload_ticks + 1 if inp.overload and self.power else 0
         self._sense_angle(inp, dt)
-        if self.fault is None:
-            self._check_faults(inp, dt)
+        self._check_faults(inp, dt)  # in FAULT too: a further fault changes the way home
         self._account(dt)
         if self.estimator.ready:
-            self.speed.observe(
-                dt, self.drive, self.power, self.profile.vel_mdeg_s, self.estimator.angle_mdeg
-            )
+            self.speed.observe(dt, self.drive, self.power, self.estimator.angle_mdeg)
         edge = inp.home != self._prev_home_raw
         self._prev_home_raw = inp.home
         if edge and self.commissioned and self.fault is None:
@@ -311,13 +324,19 @@ class Controller:
 
     def _check_faults(self, inp, dt):
         est = self.estimator
+        blind = self.fault is not None and self._go_home_mode == _GO_HOME_BLIND
+        if blind:
+            return  # no angle to judge anything with; the blind return bounds itself
         if self._imu_errors >= IMU_ERROR_TICKS:
             self._latch(F_IMU_LOST, _GO_HOME_BLIND)
         elif self._same_raw >= IMU_STUCK_TICKS:
             self._latch(F_IMU_STUCK, _GO_HOME_BLIND)
         elif est.rejected_in_row >= IMU_REJECT_TICKS:
             self._latch(F_IMU_IMPLAUSIBLE, _GO_HOME_BLIND)
-        if self.fault is not None or not est.ready:
+        if not est.settled:
+            return  # judge the rest on a settled angle only (a boot's first 0.6 s)
+        if self.fault is not None:
+            self._check_fault_return()
             return
         if self._overload_ticks >= OVERLOAD_TICKS:
             if self.state == RETURN and self._seek_ms > 0 and not self.home.level:
@@ -327,10 +346,30 @@ class Controller:
             else:
                 self._latch(F_OVERLOAD, _GO_HOME_RETRY)
             return
-        if self.home.level and est.angle_mdeg > self.home_angle_mdeg + HOME_SWITCH_FAR_MDEG:
+        far = est.angle_mdeg > self.home_angle_mdeg + HOME_SWITCH_FAR_MDEG
+        # (Not commissioned: the angle may be read on the wrong axes, so it
+        # cannot accuse the switch; GO is refused anyway.)
+        if self.home.level and far and self.commissioned:
             self._latch(F_HOME_STUCK_CLOSED, _GO_HOME_TRUSTED)
             return
         self._check_stall(dt)
+
+    def _check_fault_return(self):
+        """Faults that arrive during a fault's trusted or retry return."""
+        if self._go_home_mode != _GO_HOME_TRUSTED:
+            return
+        far = self.estimator.angle_mdeg > self.home_angle_mdeg + HOME_SWITCH_FAR_MDEG
+        if self.home.level and far and not self._switch_doubted:
+            self._switch_doubted = True  # the switch lies: home by the angle
+            self.fault_chain.append(F_HOME_STUCK_CLOSED)
+        if self._overload_ticks >= OVERLOAD_TICKS:
+            self._latch(F_OVERLOAD, _GO_HOME_RETRY)
+            return
+        angle = self.estimator.angle_mdeg
+        if not self.power or (self.home.level and self.drive <= 0):
+            self.stall.reset(angle)
+        elif self.stall.update(self._dt_ms, self.drive, self.speed.stall_speed(-1), angle):
+            self._latch(F_STALL, _GO_HOME_RETRY)
 
     def _check_stall(self, dt):
         """Driven, but the table does not move (stall.StallMonitor)."""
@@ -346,9 +385,20 @@ class Controller:
             self._latch(F_STALL, _GO_HOME_RETRY)
 
     def _account(self, dt):
-        if self.session is None or not self.estimator.ready:
+        if self.session is None and not self._exposed:
+            return
+        if self.fault is not None and self._go_home_mode == _GO_HOME_BLIND:
+            # No trusted angle: count while the table may still be inverted.
+            if self.blind.highest_mdeg() > -INVERTED_COUNT_MARGIN_MDEG and not self._fault_done:
+                self.inverted_ms += dt
+            else:
+                self._exposed = False
+            return
+        if not self.estimator.ready:
             return
         angle = self.estimator.angle_mdeg
+        if self.session is None and angle <= -INVERTED_COUNT_MARGIN_MDEG:
+            self._exposed = False  # back at or below 0 deg after a fault
         # Count from just below 0 deg: the estimate may read a few tenths low,
         # and at slow speeds every crossing of 0 deg then under-counted the
         # true inverted time by hundreds of ms (over several sets this
@@ -371,11 +421,38 @@ class Controller:
         self._warning_ms = 0
 
     def _latch(self, code, go_home_mode):
-        """Latch a fault: end any session, head home by the safest means left."""
-        self.fault = code
+        """Latch a fault: end any session, head home by the safest means left.
+
+        A further fault while one is latched keeps the first code (.fault)
+        and is added to .fault_chain; it changes the way home only to a
+        safer one: trusted -> retry (stall, overload) -> blind (no angle).
+        """
+        if self.fault is not None:
+            self.fault_chain.append(code)
+            mode = self._go_home_mode
+            if mode == _GO_HOME_NONE or mode == _GO_HOME_BLIND:
+                return
+            if go_home_mode == _GO_HOME_RETRY and mode == _GO_HOME_RETRY:
+                return
+            if go_home_mode == _GO_HOME_TRUSTED:
+                return
+        else:
+            self.fault = code
+            self._fault_speed_mdeg_s = self._unattended_speed()
         self._go_home_mode = go_home_mode
         self._fault_ms = 0
+        self._fault_done = False
+        if self.state == BOOT or self.state == HOME or self.state == WARN or self.state == REST:
+            # The reference was not in use: start it where the table is.
+            self.profile.reset(self.estimator.angle_mdeg)
+        if go_home_mode == _GO_HOME_BLIND:
+            last = self.estimator.angle_mdeg if self.estimator.settled else None
+            speed = self._fault_speed_mdeg_s
+            if speed > self.recovery_speed_mdeg_s:
+                speed = self.recovery_speed_mdeg_s
+            self.blind.start(last, speed)
         if self.session is not None:
+            self._exposed = True
             self._end_session(END_FAULT)
         if go_home_mode == _GO_HOME_TRUSTED:
             # The angle is still trusted: a controlled (braked) stop, then home.
@@ -419,6 +496,35 @@ class Controller:
         self._enter(HOME)
 
     # ----------------------------------------------------------------- states
+    def _unattended_speed(self):
+        """The speed of a return no one asked for (a fault, a reset): the
+        session's, or the active user's (program and limit), never above the
+        board's cap; the board's recovery speed when no user is known."""
+        session = self.session
+        if session is not None:
+            return session.speed_mdeg_s
+        if self._speed_hint_mdeg_s:
+            return self._speed_hint_mdeg_s  # the session a crash interrupted
+        if self._pending is None:
+            return self.recovery_speed_mdeg_s
+        program, limits = self._pending
+        speed = program["speed_mdeg_s"]
+        if limits["max_speed_mdeg_s"] < speed:
+            speed = limits["max_speed_mdeg_s"]
+        if self.board["max_speed_mdeg_s"] < speed:
+            speed = self.board["max_speed_mdeg_s"]
+        return speed if speed >= 100 else 100
+
+    def inherit(self, old):
+        """Carry the rider's exposure over from a controller that crashed."""
+        self.inverted_ms = old.inverted_ms
+        self.max_angle_mdeg = old.max_angle_mdeg
+        self._exposed = old.session is not None or old._exposed
+        if old.session is not None:
+            self._speed_hint_mdeg_s = old.session.speed_mdeg_s
+        else:
+            self._speed_hint_mdeg_s = old._speed_hint_mdeg_s
+
     def latch_now(self, code):
         """Latch ``code`` at once with nothing left to try: drive off. Used when
         the caller itself takes over the way home (the App's last resort)."""
@@ -660,9 +766,8 @@ class Controller:
                     self._hold_end_reason = END_STOPPED
                 self._enter(RETURN)
             return
-        speed = self.recovery_speed_mdeg_s
-        if self.session is not None:
-            speed = self.session.speed_mdeg_s
+        # A return without a session (after a reset) goes at the user's speed.
+        speed = self._unattended_speed()
         speed = self._wait_for_table(self._return_speed(speed), dt)
         if self.fault is not None:
             self._run_fault(dt)
@@ -753,14 +858,22 @@ class Controller:
         self._fault_ms += dt
         if self.go.pressed:
             self._warn("go_refused_fault")
-        if self.power and self._overload_ticks >= OVERLOAD_TICKS and (
-            self._go_home_mode != _GO_HOME_RETRY
-        ):
-            self._go_home_mode = _GO_HOME_NONE  # over-current on the way home: stop
         mode = self._go_home_mode
-        at_home = self.home.level and self.fault != F_HOME_STUCK_CLOSED
-        if mode == _GO_HOME_TRUSTED:
-            if self.fault == F_HOME_STUCK_CLOSED:
+        over = self.power and self._overload_ticks >= OVERLOAD_TICKS
+        if over and mode == _GO_HOME_BLIND and not self._blind_paused:
+            # Over-current on a blind way home: pause once, as a retry does,
+            # then go on over-current or not (bringing the rider up matters
+            # more than the motor; dead reckoning and the time cap end it).
+            self._blind_paused = True
+            self._blind_pause_until_ms = self._fault_ms + RETRY_PAUSE_MS
+        doubted = self.fault == F_HOME_STUCK_CLOSED or self._switch_doubted
+        near_home = self.estimator.angle_mdeg <= self.home_angle_mdeg + NEAR_HOME_MDEG
+        # The home switch alone never ends a return the angle says is far from home.
+        at_home = self.home.level and not doubted and (near_home or mode == _GO_HOME_BLIND)
+        if self._fault_done:
+            self._drive_off()
+        elif mode == _GO_HOME_TRUSTED:
+            if doubted:
                 # The switch lies: trust the angle, stop just above home.
                 done = self.estimator.angle_mdeg <= self.home_angle_mdeg + 1000
                 target = self.home_angle_mdeg + 500
@@ -768,28 +881,53 @@ class Controller:
                 done = at_home
                 target = self.home_angle_mdeg - 3000  # into the switch
             if done or self._fault_ms > self.blind_cap_ms:
-                self._drive_off()
+                self._end_fault_return()
                 return
-            self.profile.advance(
-                target, self.recovery_speed_mdeg_s, self.max_accel_mdeg_s2, dt
-            )
+            # Planned like a normal return: at the session's (or the user's)
+            # speed, within what the table can follow lifting this rider.
+            speed = self._return_speed(self._fault_speed_mdeg_s)
+            self.profile.advance(target, speed, self.max_accel_mdeg_s2, dt)
             self._track(self.drive_cap)
             self._limit_return_drive()
         elif mode == _GO_HOME_BLIND:
-            if at_home or self._fault_ms > self.blind_cap_ms:
-                if not at_home:
-                    self.warning = F_HOME_NOT_REACHED
+            if self._fault_ms < self._blind_pause_until_ms:
                 self._drive_off()
                 return
-            self._blind_drive(dt)
+            drive = self.drive if self.power else 0
+            blind = self.blind
+            wanted = blind.step(dt, drive, self.home.level, self.speed.commissioned_up,
+                                self.speed.up_full())
+            if blind.done or self._fault_ms > blind.cap_ms:
+                if not blind.reached:
+                    self.warning = F_HOME_NOT_REACHED
+                self._end_fault_return()
+                return
+            self.drive = wanted
+            self.power = True
+            self._limit_return_drive()
         elif mode == _GO_HOME_RETRY:
             self._run_retry(dt, at_home)
         else:
-            self._drive_off()
+            self._end_fault_return()
 
-    def _blind_drive(self, dt):
-        """Open loop towards home at the recovery speed, slewed at the accel limit."""
-        wanted = -(self.recovery_speed_mdeg_s * 1000 // self.actuator_speed_mdeg_s)
+    def _end_fault_return(self):
+        self._fault_done = True
+        self._drive_off()
+
+    def at_rest(self):
+        """Drive off for good: at HOME / REST, or a fault's way home is over
+        (the moment to write to flash and to log a session's true exposure)."""
+        if self.power or self.state == BOOT:
+            return False  # (after a crash, BOOT comes before the way home)
+        return self.fault is None or self._fault_done
+
+    def _retry_drive(self, dt):
+        """Open loop towards home at the recovery speed (never above the user's),
+        slewed at the accel limit."""
+        speed = self.recovery_speed_mdeg_s
+        if self._fault_speed_mdeg_s < speed:
+            speed = self._fault_speed_mdeg_s
+        wanted = -(speed * 1000 // self.actuator_speed_mdeg_s)
         slew = self.max_accel_mdeg_s2 * dt // self.actuator_speed_mdeg_s  # permille per tick
         if slew < 1:
             slew = 1
@@ -807,7 +945,7 @@ class Controller:
     def _run_retry(self, dt, at_home):
         """Stall or overload: drive off, then one slow retry towards home."""
         if at_home:
-            self._drive_off()
+            self._end_fault_return()
             return
         if self._fault_ms < RETRY_PAUSE_MS:
             self._drive_off()
@@ -826,9 +964,9 @@ class Controller:
         if self._fault_ms > self.blind_cap_ms:
             self._go_home_mode = _GO_HOME_NONE
         if self._go_home_mode == _GO_HOME_NONE:
-            self._drive_off()
+            self._end_fault_return()
             return
-        self._blind_drive(dt)
+        self._retry_drive(dt)
 
     def _drive_off(self):
         self.drive = 0

@@ -378,7 +378,7 @@ class Protocol:
                 # its error reply, but never keeps the table from heading home.
                 self.app.ctl.remote_stop()
                 if self.app.setup is not None:
-                    self.app.setup.cancel()
+                    self.app.setup.stop()
             if duplicate == "id":
                 raise _duplicate_error(duplicate)  # which id to echo? none
             if "id" in req:

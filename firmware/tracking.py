@@ -2,8 +2,9 @@
 
 Commissioning measured the empty table. A rider, an ageing actuator or a stiff
 joint make it slower, so ``TableSpeed`` keeps measuring: over each second of
-steady motion (the reference cruising, the drive well away from zero) it
-compares how far the table moved with how much drive it got, and learns the
+steady motion (the drive well away from zero, in one direction) it compares
+how far the table moved with how much drive it got (through the actuator's
+lag), and learns the
 table's speed at full drive in each direction. The controller uses it to
   * plan the return with the speed the table really achieves lifting this
     rider (the worse of measured and commissioned, and of what the way down
@@ -32,8 +33,8 @@ LIFT_TYPICAL_PERMILLE = const(850)
 # room for the feedback to correct errors.
 FOLLOW_PERMILLE = const(900)
 WINDOW_MS = const(1000)
-# A window counts once the reference has been steady this long, and at least
-# LAG_SETTLE times the actuator's lag (the table is still catching up before).
+# A window counts once the drive has kept its direction this long, and at
+# least LAG_SETTLE times the actuator's lag (the play is taken up by then).
 CRUISE_SETTLE_MS = const(500)
 LAG_SETTLE = const(3)
 MIN_DRIVE_PERMILLE = const(150)  # below this the actuator's dead band dominates
@@ -46,48 +47,57 @@ class TableSpeed:
     def __init__(self, speed_down_mdeg_s, speed_up_mdeg_s, lag_ms=0):
         self.commissioned_down = speed_down_mdeg_s
         self.commissioned_up = speed_up_mdeg_s
+        self.lag_ms = lag_ms
         settle = LAG_SETTLE * lag_ms
         self.settle_ms = settle if settle > CRUISE_SETTLE_MS else CRUISE_SETTLE_MS
         self.measured_down = 0  # 0: not measured in this session yet
         self.measured_up = 0
+        self._lagged = 0  # the drive as the actuator has it now (first-order lag)
         self._dir = 0
-        self._ref_vel = 0
-        self._cruise_ms = 0
+        self._steady_ms = 0
         self._window_ms = 0
-        self._drive_ms = 0  # sum of |drive| x dt (permille x ms)
+        self._drive_ms = 0  # sum of |lagged drive| x dt (permille x ms)
         self._start_mdeg = 0
 
     def reset_session(self):
         """A new session: the rider may be someone else."""
         self.measured_down = 0
         self.measured_up = 0
-        self._restart(0, 0, 0)
+        self._restart(0, 0)
 
-    def _restart(self, direction, ref_vel, angle_mdeg):
+    def _restart(self, direction, angle_mdeg):
         self._dir = direction
-        self._ref_vel = ref_vel
-        self._cruise_ms = 0
+        self._steady_ms = 0
         self._window_ms = 0
         self._drive_ms = 0
         self._start_mdeg = angle_mdeg
 
-    def observe(self, dt_ms, drive, powered, ref_vel_mdeg_s, angle_mdeg):
-        """One tick of what the controller commanded and where the table is."""
+    def observe(self, dt_ms, drive, powered, angle_mdeg):
+        """One tick of what the controller commanded and where the table is.
+
+        The drive is passed through the actuator's commissioned lag, so the
+        table's motion over a window is compared with the drive it really
+        had, ramps and corrections included. A window counts once the drive
+        has kept its direction for ``settle_ms`` (the play is taken up).
+        """
+        if not powered:
+            drive = 0
+        self._lagged += (drive - self._lagged) * dt_ms // (self.lag_ms + dt_ms)
+        lagged = self._lagged
         direction = 0
-        if powered and ref_vel_mdeg_s != 0:
-            if drive >= MIN_DRIVE_PERMILLE and ref_vel_mdeg_s > 0:
-                direction = 1
-            elif drive <= -MIN_DRIVE_PERMILLE and ref_vel_mdeg_s < 0:
-                direction = -1
-        if direction == 0 or direction != self._dir or ref_vel_mdeg_s != self._ref_vel:
-            self._restart(direction, ref_vel_mdeg_s, angle_mdeg)
+        if powered and lagged >= MIN_DRIVE_PERMILLE:
+            direction = 1
+        elif powered and lagged <= -MIN_DRIVE_PERMILLE:
+            direction = -1
+        if direction == 0 or direction != self._dir:
+            self._restart(direction, angle_mdeg)
             return
-        if self._cruise_ms < self.settle_ms:
-            self._cruise_ms += dt_ms
+        if self._steady_ms < self.settle_ms:
+            self._steady_ms += dt_ms
             self._start_mdeg = angle_mdeg
             return
         self._window_ms += dt_ms
-        self._drive_ms += drive * direction * dt_ms
+        self._drive_ms += lagged * direction * dt_ms
         if self._window_ms < WINDOW_MS:
             return
         moved = (angle_mdeg - self._start_mdeg) * direction

@@ -45,11 +45,16 @@ def commission(sim, sink=None, max_ms=COMMISSION_MAX_MS):
         raise CommissionFailed({"error": {"code": refused[0], "message": refused[1]}})
     end_ms = sim.now_ms + max_ms
     go_tapped = False
+    last_step = None
     try:
         while sim.app.setup is not None and sim.now_ms < end_ms:
             setup = sim.app.setup
             step = setup.step_name
-            if step == steps.GO_PRESS:
+            if step != last_step:
+                # Each motion step wants GO pressed anew: let go between steps.
+                table.inject("go_up")
+                last_step = step
+            elif step == steps.GO_PRESS:
                 if not go_tapped:
                     table.inject("go")
                     go_tapped = True
@@ -58,6 +63,7 @@ def commission(sim, sink=None, max_ms=COMMISSION_MAX_MS):
                 setup.give_level(inclinometer_mdeg, "home")
             elif not table.go.pressed() and (
                 step == steps.AXES or step == steps.TRAVEL_OUT or step == steps.TRAVEL_HOME
+                or step == steps.JOG_HOME
             ):
                 table.inject("go_down")
             sim.tick()

@@ -51,6 +51,7 @@ STEP_TITLES = {
     LEVEL: "level reference",
     "travel_out": "travel head-down",
     "travel_home": "travel back home",
+    "jog_home": "back home (setup stopped)",
 }
 LEVEL_REFERENCES = {"home": "inclinometer reading at home", "here": "level here"}
 
@@ -243,8 +244,9 @@ def _cancel(board):
 
 def _table_after(board):
     """What the table does once the routine has ended early: the board starts its
-    controller again (state BOOT), and a table left away from home is brought
-    home by the board itself, as after a reset. A sentence saying so, or ''."""
+    controller again (state BOOT). A table left away from home (setup cancelled
+    before it was jogged back) stays there, drive off: FAULT setup_left_away,
+    until a reboot. A sentence saying so, or ''."""
     deadline = time.monotonic() + AFTER_END_S
     while True:
         try:
@@ -255,11 +257,11 @@ def _table_after(board):
         if state != "BOOT" or time.monotonic() > deadline:
             break
         time.sleep(POLL_S)
+    if state == "FAULT" and data.get("fault") == "setup_left_away":
+        return (" The table was left away from home and stays there, drive off "
+                "(FAULT setup_left_away): restart the board to bring it home, keep clear.")
     if state == "FAULT":
         return f" The board now reports FAULT {data.get('fault')} (see `invtable status`)."
-    if state == "RETURN" or data.get("warning") == "recovering_after_reset":
-        return (" The table was away from home: the board brings it home by itself "
-                f"(state {state}); keep clear.")
     return ""
 
 
@@ -271,6 +273,7 @@ def _result(status, last_step, console, as_json, after=""):
         error = {"code": "not_running",
                  "message": "setup is no longer running on the board (did it restart?)"}
     if error:
+        last_step = status.get("failed_step") or last_step  # the firmware says which
         where = f" in step {step_title(last_step)}" if last_step else ""
         raise Failure(f"setup failed{where}: {error.get('message', error.get('code'))}. The "
                       "previous calibration is kept; run `invtable setup` again once it is fixed."

@@ -123,6 +123,11 @@ class Setup:
             if text.startswith("Press and release GO"):
                 server.press("go")
             elif text.startswith("Hold GO"):
+                # Each motion step wants GO pressed anew: a release it sees first.
+                mark = len(server.notes)
+                server.press("go_up")
+                wait_note(server, "input: go_up", mark)
+                time.sleep(0.1)
                 server.press("go_down")
             elif text.endswith("release GO."):
                 server.press("go_up")
@@ -204,10 +209,7 @@ def test_setup_measures_the_table_and_then_go_starts_a_session(table):
 
 @pytest.mark.parametrize("world", [
     SLOW_WORLD,
-    pytest.param(WORLD, marks=pytest.mark.xfail(
-        strict=True, reason="firmware: uncommissioned, the angle is read on the board file's "
-        "IMU axes, so a table whose IMU is mounted otherwise latches FAULT "
-        "home_switch_stuck_closed at boot and refuses GO with go_refused_fault")),
+    WORLD,
 ], ids=["imu-as-board-file", "imu-mounted-otherwise"])
 def test_an_uncommissioned_table_refuses_go_and_says_to_run_setup(table, world):
     server = table(world)
@@ -241,6 +243,8 @@ def test_stop_during_a_jog_ends_setup_with_the_firmwares_message(table):
     setup.play_builder(server, stop_at="Hold GO")
     jog(server, 2)  # of about 8 s
     server.press("stop")
+    # Away from home it asks to bring the table back with GO: the builder does.
+    setup.play_builder(server)
     code, output, stderr = setup.finish()
     server.press("go_up")
     assert code == cli_users.EXIT_REFUSED, output + stderr
@@ -248,9 +252,9 @@ def test_stop_during_a_jog_ends_setup_with_the_firmwares_message(table):
     assert "IMU axes" in stderr  # the step it failed in
     assert "Traceback" not in stderr
     assert "Saved" not in output
-    # What the table does next (here FAULT: see the xfail above).
-    assert "brings it home by itself" in stderr or "The board now reports FAULT" in stderr
-    assert board_status(server.path)["commissioned"] is False
+    assert "back home (setup stopped)" in output  # it was jogged home
+    status = board_status(server.path)
+    assert status["commissioned"] is False and status["fault"] is None
 
 
 def test_ctrl_c_during_a_jog_cancels_setup_with_the_drive_off(table):
@@ -267,12 +271,11 @@ def test_ctrl_c_during_a_jog_cancels_setup_with_the_drive_off(table):
         status = board.request("setup.status")
         assert status["active"] is False and status["driving"] is False
         assert status["error"]["code"] == "cancelled"
-        # The board then starts its controller again, which brings a table
-        # left away from home back by itself (as after a reset); setup says so.
-        assert "the board brings it home by itself" in stderr
-        assert board.request("status")["warning"] == "recovering_after_reset"
-    status = wait_status(server.path, lambda s: s["state"] == "HOME")
-    assert status["commissioned"] is False
+        # Left away from home, the empty table stays there with the drive off
+        # (it never moves by itself); setup says so.
+        assert "stays there, drive off" in stderr
+        status = board.request("status")
+        assert status["state"] == "FAULT" and status["fault"] == "setup_left_away"
     time.sleep(0.5)  # 10 simulated seconds with GO still held: it stays put
     assert abs(board_status(server.path)["angle_mdeg"] - status["angle_mdeg"]) < 500
     server.press("go_up")

@@ -106,9 +106,13 @@ class Bench:
     def to_step(self, name):
         """Do as the builder would until the routine is at step ``name``."""
         tapped = False
+        last = None
         while self.setup is not None and self.setup.step_name != name:
             step = self.setup.step_name
-            if step == steps.GO_PRESS:
+            if step != last:
+                self.table.go.release()  # each motion step wants a new GO press
+                last = step
+            elif step == steps.GO_PRESS:
                 if not tapped:
                     self.table.inject("go")
                     tapped = True
@@ -120,6 +124,12 @@ class Bench:
                 self.table.go.press()
             self.tick()
         assert self.setup is not None and self.setup.step_name == name
+
+    def hold_go(self):
+        """Press GO anew (released for a tick first: each step wants a new press)."""
+        self.table.go.release()
+        self.tick()
+        self.table.go.press()
 
     def output(self):
         return self.table.actuator.output_permille()
@@ -208,7 +218,7 @@ def test_without_a_world_a_simulated_table_starts_commissioned():
 def test_releasing_go_stops_the_jog_at_once_and_holding_again_resumes():
     b = Bench()
     b.to_step(steps.AXES)
-    b.table.go.press()
+    b.hold_go()
     b.tick(50)
     assert b.output() > 0 and b.setup.status()["driving"]
     b.table.go.release()
@@ -228,14 +238,47 @@ def test_releasing_go_stops_the_jog_at_once_and_holding_again_resumes():
 def test_stop_leaves_any_step_with_the_drive_off(step):
     b = Bench()
     b.to_step(step)
-    b.tick(60)  # part way in (the jog steps are driving)
+    b.hold_go()
+    b.tick(150)  # part way in (the jog steps are driving)
+    away = not b.table.home.closed()
     b.table.inject("stop")
     b.tick()
     assert b.output() == 0
-    assert b.setup is None
-    assert b.result()["error"]["code"] == "stopped"
     assert b.sim.app.calib is None  # nothing half-measured is stored
     assert b.sim.flash.read_bytes(calibration.CALIB_FILE) is None
+    if not away:
+        assert b.setup is None
+        assert b.result()["error"]["code"] == "stopped"
+        return
+    # Away from home the table waits, drive off, for the builder to bring it
+    # back with GO: a GO still held does not count, and it never moves by itself.
+    assert b.setup.step_name == steps.JOG_HOME
+    b.tick(100)
+    assert b.output() == 0 and b.table.stop.pressed() is False
+    b.table.go.release()
+    b.tick()
+    b.table.go.press()
+    b.tick(2)
+    assert b.output() < 0  # towards home only
+    b.until(lambda: b.setup is None, max_ms=200000)
+    assert b.table.home.closed() and b.output() == 0
+    status = b.result()
+    assert status["error"]["code"] == "stopped" and status["failed_step"] == step
+    assert b.sim.ctl.fault is None  # at home: an ordinary boot, GO still refused
+
+
+def test_a_go_held_into_the_next_step_does_not_move_it():
+    b = Bench()
+    b.to_step(steps.TRAVEL_OUT)
+    b.hold_go()
+    b.until(lambda: b.setup.step_name == steps.TRAVEL_HOME, max_ms=300000)
+    b.tick(100)  # GO still held from travel out
+    assert b.output() == 0
+    b.table.go.release()
+    b.tick()
+    b.table.go.press()
+    b.tick(40)
+    assert b.output() < 0
 
 
 def test_cancel_from_the_host_stops_the_drive_and_keeps_the_old_calibration():
@@ -246,7 +289,7 @@ def test_cancel_from_the_host_stops_the_drive_and_keeps_the_old_calibration():
     b.tick(60)
     assert b.sim.app.start_setup() is None
     b.to_step(steps.TRAVEL_OUT)
-    b.table.go.press()
+    b.hold_go()
     b.tick(100)
     assert b.output() != 0
     b.setup.cancel()
@@ -254,6 +297,11 @@ def test_cancel_from_the_host_stops_the_drive_and_keeps_the_old_calibration():
     assert b.output() == 0
     assert b.result()["error"]["code"] == "cancelled"
     assert b.sim.app.calib == old
+    # Left away from home: the empty table stays put, drive off, alarm on,
+    # until a reboot (which then brings it home).
+    assert b.sim.ctl.fault == "setup_left_away"
+    b.tick(200)
+    assert b.output() == 0 and b.table.indicator.beep_count > 0
     assert calibration.load(b.sim.flash) == (old, calibration.OK)
 
 
@@ -289,7 +337,7 @@ def test_a_broken_part_is_refused_with_what_to_check(inject, step, code, words):
         b.to_step(step)
         b.sim.inject(inject)
     if step != steps.WIRING:
-        b.table.go.press()  # the builder holds GO through the motion step
+        b.hold_go()  # the builder holds GO through the motion step
     b.until(lambda: b.setup is None)
     error = b.result()["error"]
     assert error["code"] == code, error
@@ -320,7 +368,7 @@ def test_level_here_after_jogging_the_bed_level():
     w = world(imu={"offset_deg": 3.0})
     b = Bench(w)
     b.to_step(steps.LEVEL)
-    b.table.go.press()
+    b.hold_go()
     b.until(lambda: b.table.physics.angle_deg >= -0.3)
     b.table.go.release()
     b.tick(int(steps.SETTLE_MS // DT) + 5)
@@ -363,6 +411,7 @@ def test_a_torn_calibration_write_keeps_the_old_one():
     b.sim.flash.tear_next_write()
     assert b.sim.app.start_setup() is None
     b.to_step(steps.TRAVEL_HOME)
+    b.hold_go()
     b.until(lambda: b.sim.app is None or b.setup is None, max_ms=200000)
     # The power went in the middle of the save: after the reboot the old
     # calibration is intact and used.
