@@ -101,7 +101,10 @@ def test_profile_lands_exactly_within_limits(start, target, speed, accel):
 )
 def test_profile_property(start, target, speed, accel, dt):
     profile = Profile(start)
-    run_profile(profile, target, speed, accel, dt=dt)
+    # Enough ticks for the whole way at the speed limit, twice over (180 deg
+    # at 0.1 deg/s in 10 ms ticks is 180000 ticks).
+    ticks = 2 * abs(target - start) * 1000 // (speed * dt) + 1000
+    run_profile(profile, target, speed, accel, dt=dt, max_ticks=ticks)
     assert profile.pos_udeg == target * 1000 and profile.vel_mdeg_s == 0
 
 
