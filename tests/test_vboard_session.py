@@ -202,3 +202,39 @@ def test_status_help_and_unknown_inputs_answer_on_stdout(boards):
     board.wait_note("Physical inputs")
     board.send("no_such_input")
     assert "valid: " in board.wait_note("unknown input 'no_such_input'")
+
+
+def test_setup_on_the_world_board_then_go_starts_a_session(boards):
+    """`invtable setup` commissions the --world board under real MicroPython
+    (the builder played from setup's own words on sim board's stdin); GO then
+    starts a session. Commissioning runs in real time here: about 100 s."""
+    board = boards["world"]
+    assert status(board.port)["commissioned"] is False
+    setup = subprocess.Popen(
+        [*invtable_cmd(), "setup", "--port", board.port, "--pin", "0000",
+         "--home-angle", "-60"],
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, bufsize=1,
+    )
+    said = []
+    for line in setup.stdout:
+        said.append(line)
+        text = line.strip()
+        if text.startswith("Press and release GO"):
+            board.send("go")
+        elif text.startswith("Hold GO"):
+            board.send("go_up")  # each motion step wants GO pressed anew
+            time.sleep(0.3)
+            board.send("go_down")
+        elif text.endswith("release GO."):
+            board.send("go_up")
+    assert setup.wait(300) == 0, "".join(said) + setup.stderr.read()
+    out = "".join(said)
+    assert "Saved" in out and "along +x, normal +z" in out, out
+    data, _ = wait_status(board.port, lambda s: s["state"] == "HOME" and s["commissioned"])
+    assert data["calibration_status"] == "ok"
+    time.sleep(2)  # the controller has booted again on the new calibration
+    board.send("go")
+    moving, seen = wait_status(board.port, lambda s: s["state"] != "HOME")
+    assert moving["state"] in ("WARN", "RAMP") and moving["session"] is True, seen
+    board.send("stop")
+    wait_status(board.port, lambda s: s["state"] == "HOME", timeout_s=60)
