@@ -14,6 +14,7 @@ firmware or out of range means "not commissioned": GO is refused until
 """
 
 from . import storage
+from .fusion import parse_axis
 
 CALIB_FILE = "calib.json"
 SCHEMA = 1
@@ -46,12 +47,13 @@ BIAS_MAX_MG = 200
 
 
 def axis_index_sign(spec):
-    """'+x' -> (0, 1); '-z' -> (2, -1); None for anything else."""
-    if not isinstance(spec, str) or len(spec) != 2:
+    """'+x' -> (0, 1); '-z' -> (2, -1); None for anything else (fusion.parse_axis)."""
+    if not isinstance(spec, str):
         return None
-    if spec[0] not in "+-" or spec[1] not in _AXES:
+    try:
+        return parse_axis(spec)
+    except ValueError:
         return None
-    return _AXES.index(spec[1]), (1 if spec[0] == "+" else -1)
 
 
 def axis_spec(index, sign):

@@ -35,7 +35,7 @@ limit are included, as the controller feels them).
 
 from . import calibration
 from .compat import const
-from .fusion import AngleEstimator, Mounting, iatan2_mdeg
+from .fusion import AngleEstimator, Mounting
 
 WIRING = "wiring"
 GO_PRESS = "go_press"
@@ -554,7 +554,8 @@ class Commissioning:
                     if calibration.right_handed_gyro(along, normal) == gyro:
                         candidates.append((along, normal))
         along, normal = candidates[0]
-        turned = _wrap(_accel_angle(g2, along, normal) - _accel_angle(g1, along, normal))
+        turned = _accel_angle(g2, along, normal, gyro) - _accel_angle(g1, along, normal, gyro)
+        turned = _wrap(turned)
         gyro_turned = total // 1000
         if turned * 1000 < gyro_turned * (1000 - ROTATION_AGREE_PERMILLE) or (
             turned * 1000 > gyro_turned * (1000 + ROTATION_AGREE_PERMILLE)
@@ -570,11 +571,11 @@ class Commissioning:
             self._fail("home_switch_stuck", "the home switch never opened: check it")
             return
         self._points.append(g2)
-        self._candidates = candidates
-        self._gyro_spec = gyro
         self._gyro_index = gi
         self._open_after_mdeg = self._rot_at_open[gi] * (1 if rot[gi] > 0 else -1) // 1000
         # A rough mounting for the level jog: the candidate nearest the board's home angle.
+        self._candidates = candidates
+        self._gyro_spec = gyro
         best = self._choose(g1, self.board["home_angle_mdeg"])
         self._rough = Mounting({"along": best[0], "normal": best[1], "gyro": gyro})
         self.measured["imu_gyro"] = gyro
@@ -585,7 +586,7 @@ class Commissioning:
         """The mounting (and offset) that makes gravity ``g`` read ``angle_mdeg``."""
         best = None
         for along, normal in self._candidates:
-            offset = _wrap(_accel_angle(g, along, normal, bias) - angle_mdeg)
+            offset = _wrap(_accel_angle(g, along, normal, self._gyro_spec, bias) - angle_mdeg)
             if best is None or abs(offset) < abs(best[2]):
                 best = (along, normal, offset)
         return best
@@ -615,7 +616,7 @@ class Commissioning:
 
     def _finish_level(self, g, angle, where):
         along, normal, offset = self._choose(g, angle)
-        home = _accel_angle(self.g_home, along, normal) - offset
+        home = _accel_angle(self.g_home, along, normal, self._gyro_spec) - offset
         if not -89000 <= home <= -10000:
             self._fail(
                 "home_angle_implausible",
@@ -668,7 +669,7 @@ class Commissioning:
                 if self._phase == 3:
                     self._phase = 0
                 else:
-                    self._finish_travel(angle)
+                    self._finish_travel()
             return
         if self._phase == 1:  # creeping on into the home switch
             self.drive = -self._level_drive
@@ -743,7 +744,7 @@ class Commissioning:
             self._best = (found[0], found[1], self._segment.ms)
         self._segment = None
 
-    def _finish_travel(self, rest_angle):
+    def _finish_travel(self):
         out = self.step_name == TRAVEL_OUT
         if self._best is None:
             self._fail(
@@ -860,10 +861,10 @@ class Commissioning:
         self._off()
 
 
-def _accel_angle(g, along, normal, bias=(0, 0, 0)):
-    ia, sa = calibration.axis_index_sign(along)
-    i_n, sn = calibration.axis_index_sign(normal)
-    return iatan2_mdeg(-(g[ia] - bias[ia]) * sa, (g[i_n] - bias[i_n]) * sn)
+def _accel_angle(g, along, normal, gyro, bias=(0, 0, 0)):
+    """The angle gravity ``g`` gives on a candidate mounting (fusion.Mounting's)."""
+    mounting = Mounting({"along": along, "normal": normal, "gyro": gyro, "accel_bias_mg": bias})
+    return mounting.accel_angle_mdeg(g)
 
 
 def _axis(spec):
