@@ -171,6 +171,7 @@ class Controller:
         self._switch_doubted = False  # the home switch closed far from home
         self._blind_paused = False  # an over-current pause of the blind return was taken
         self._blind_pause_until_ms = 0
+        self._home_target_mdeg = self.home_angle_mdeg  # where this return ends
         self.calibration_changed = False  # the home check failed: GO refused
         self._prev_home_raw = False
         self._waiting = False  # the reference waits for the table
@@ -479,6 +480,14 @@ class Controller:
         self._pause_done = self.session is None or self.session.exit_pause_ms == 0
         self._seek_ms = 0
         self._homeward_ms = 0
+        # Home is the commissioned rest angle, or where the reference already
+        # is if that is lower: a table resting low on its switch (the rest
+        # position varies over the switch's travel) must not be driven
+        # head-down "to home" after a STOP at the very start of a ramp.
+        home = self.home_angle_mdeg
+        if self.profile.pos_mdeg < home:
+            home = self.profile.pos_mdeg
+        self._home_target_mdeg = home
         self._enter(RETURN)
 
     def _arrive_home(self):
@@ -777,14 +786,15 @@ class Controller:
             self._pause_done = True
             if self.session is not None:
                 self._hold_end_reason = END_STOPPED
-        target = self.home_angle_mdeg
+        home = self._home_target_mdeg
+        target = home
         if not self._pause_done:
             target = EXIT_PAUSE_ANGLE_MDEG
             if self.profile.pos_mdeg <= target and self.profile.vel_mdeg_s >= 0:
                 self._pause_done = True  # already at or below the pause angle
-                target = self.home_angle_mdeg
+                target = home
         profile = self.profile
-        if target == self.home_angle_mdeg and profile.at(target):
+        if target == home and profile.at(target):
             if self.estimator.angle_mdeg > target + NEAR_HOME_MDEG:
                 # The reference is home but the table trails it (the actuator
                 # is slower lifting the rider; at a low speed cap the gap grows
@@ -810,7 +820,7 @@ class Controller:
             # trails the reference (slow lifting under load) the pause used to
             # start with the reference at -5 deg and the rider still inverted.
             near = self.estimator.angle_mdeg <= target + PAUSE_REACHED_MDEG
-            if target != self.home_angle_mdeg and profile.at(target) and near:
+            if target != home and profile.at(target) and near:
                 self._enter(PAUSE)
             self._track(self.drive_cap)
             self._limit_return_drive()
@@ -821,7 +831,7 @@ class Controller:
             self._homeward_ms += dt
         else:
             self._homeward_ms = 0
-        heading_home = self._homeward_ms >= HOMEWARD_MS or profile.at(self.home_angle_mdeg)
+        heading_home = self._homeward_ms >= HOMEWARD_MS or profile.at(home)
         near_home = self.estimator.angle_mdeg < self.home_angle_mdeg + NEAR_HOME_MDEG
         if self.home.level and near_home and heading_home:
             self._arrive_home()

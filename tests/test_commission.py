@@ -525,3 +525,21 @@ def test_a_drifted_table_refuses_go_or_keeps_every_invariant(pair, session, seed
         assert refused or summary["session_ends"][:1] == [END_CALIBRATION], summary
         home_deg = now.home_angle_mdeg / 1000
         assert summary["max_angle_deg"] < home_deg + 5
+
+
+def test_stop_at_the_start_of_a_ramp_on_a_table_resting_below_its_commissioned_home():
+    """The rest position varies over the home switch's travel: here the table
+    rests 1.4 deg below the angle commissioning stored as home. A STOP at the
+    first tick of the ramp must not drive it head-down "to home" (it did:
+    0.52 deg of rise for a 0.5 deg allowance, found by hypothesis)."""
+    w = World(4000, 50.0, 40.0, -45000, "+x", "+y", "-z", 0)
+    program = dict(angle_mdeg=10000, hold_ms=5000, sets=1, rest_ms=0, speed_mdeg_s=1000,
+                   exit_pause_ms=0)
+    limits = dict(max_angle_mdeg=10000, max_inverted_ms=10000, max_speed_mdeg_s=1000)
+    summary, rows = inv.record(BOARD, program, limits, events=[(3061, "stop")], world=w,
+                               commission=True, auto_go=True)
+    assert summary["commissioning"]["calibration"]["home_angle_mdeg"] > w.home_angle_mdeg + 500
+    rise = inv.check_stop_responses(rows, BOARD, limits)
+    assert rise <= 0.1, rise
+    inv.check_all(summary, rows, BOARD, limits)
+    assert summary["session_ends"] == ["stopped"]
