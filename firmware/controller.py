@@ -27,7 +27,7 @@ Safety rules enforced here, whatever the inputs do:
 from .calibration import effective_board
 from .compat import const, ticks_diff
 from .fusion import AngleEstimator, Mounting
-from .homing import BlindReturn
+from .homing import BlindReturn, towards_home
 from .motion import Profile, braking_distance_mdeg
 from .program import Session
 from .stall import StallMonitor
@@ -366,23 +366,20 @@ class Controller:
         if self._overload_ticks >= OVERLOAD_TICKS:
             self._latch(F_OVERLOAD, _GO_HOME_RETRY)
             return
-        angle = self.estimator.angle_mdeg
-        if not self.power or (self.home.level and self.drive <= 0):
-            self.stall.reset(angle)
-        elif self.stall.update(self._dt_ms, self.drive, self.speed.stall_speed(-1), angle):
-            self._latch(F_STALL, _GO_HOME_RETRY)
+        self._check_stall(self._dt_ms, -1)  # on the way home
 
-    def _check_stall(self, dt):
-        """Driven, but the table does not move (stall.StallMonitor)."""
+    def _check_stall(self, dt, direction=0):
+        """Driven, but the table does not move (stall.StallMonitor), judged at
+        the speed of ``direction`` (0: the drive's own direction)."""
         # At the home switch only the drive into it is exempt (the end stop
         # stops it); a drive away from home that does not move is a stall.
         angle = self.estimator.angle_mdeg
         if not self.power or (self.home.level and self.drive <= 0):
             self.stall.reset(angle)
             return
-        direction = 1 if self.drive >= 0 else -1
-        full = self.speed.stall_speed(direction)
-        if self.stall.update(dt, self.drive, full, angle):
+        if direction == 0:
+            direction = 1 if self.drive >= 0 else -1
+        if self.stall.update(dt, self.drive, self.speed.stall_speed(direction), angle):
             self._latch(F_STALL, _GO_HOME_RETRY)
 
     def _account(self, dt):
@@ -448,10 +445,7 @@ class Controller:
             self.profile.reset(self.estimator.angle_mdeg)
         if go_home_mode == _GO_HOME_BLIND:
             last = self.estimator.angle_mdeg if self.estimator.settled else None
-            speed = self._fault_speed_mdeg_s
-            if speed > self.recovery_speed_mdeg_s:
-                speed = self.recovery_speed_mdeg_s
-            self.blind.start(last, speed)
+            self.blind.start(last, self._slow_speed())
         if self.session is not None:
             self._exposed = True
             self._end_session(END_FAULT)
@@ -931,24 +925,17 @@ class Controller:
             return False  # (after a crash, BOOT comes before the way home)
         return self.fault is None or self._fault_done
 
-    def _retry_drive(self, dt):
-        """Open loop towards home at the recovery speed (never above the user's),
-        slewed at the accel limit."""
+    def _slow_speed(self):
+        """Blind and retry returns: the recovery speed, never above the user's."""
         speed = self.recovery_speed_mdeg_s
-        if self._fault_speed_mdeg_s < speed:
-            speed = self._fault_speed_mdeg_s
-        wanted = -(speed * 1000 // self.actuator_speed_mdeg_s)
-        slew = self.max_accel_mdeg_s2 * dt // self.actuator_speed_mdeg_s  # permille per tick
-        if slew < 1:
-            slew = 1
+        return speed if speed < self._fault_speed_mdeg_s else self._fault_speed_mdeg_s
+
+    def _retry_drive(self, dt):
+        """Open loop towards home at the slow speed, slewed at the accel limit."""
         drive = self.drive if self.power else 0
-        if drive > wanted + slew:
-            drive -= slew
-        elif drive < wanted - slew:
-            drive += slew
-        else:
-            drive = wanted
-        self.drive = drive
+        self.drive = towards_home(
+            drive, self._slow_speed(), self.actuator_speed_mdeg_s, self.max_accel_mdeg_s2, dt
+        )
         self.power = True
         self._limit_return_drive()
 

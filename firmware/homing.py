@@ -24,6 +24,20 @@ BELIEVE_SWITCH_MDEG = const(15000)
 GIVE_UP_PAST_MDEG = const(3000)
 
 
+def towards_home(drive, speed_mdeg_s, drive_speed_mdeg_s, accel_mdeg_s2, dt_ms):
+    """The open-loop drive towards home at ``speed``, from ``drive`` (permille),
+    slewed at the acceleration limit: no jolt when it starts or slows."""
+    wanted = -(speed_mdeg_s * 1000 // drive_speed_mdeg_s)
+    slew = accel_mdeg_s2 * dt_ms // drive_speed_mdeg_s  # permille per tick
+    if slew < 1:
+        slew = 1
+    if drive > wanted + slew:
+        return drive - slew
+    if drive < wanted - slew:
+        return drive + slew
+    return wanted
+
+
 class BlindReturn:
     def __init__(self, home_mdeg, max_mdeg, drive_speed_mdeg_s, accel_mdeg_s2):
         self.home_mdeg = home_mdeg
@@ -75,17 +89,8 @@ class BlindReturn:
         creep = self.known and low <= self.home_mdeg + CREEP_ZONE_MDEG
         if creep and speed > CREEP_SPEED_MDEG_S:
             speed = CREEP_SPEED_MDEG_S
-        wanted = -(speed * 1000 // self.drive_speed_mdeg_s)
-        # Slewed at the acceleration limit: no jolt when it starts or slows.
-        slew = self.accel_mdeg_s2 * dt_ms // self.drive_speed_mdeg_s
-        if slew < 1:
-            slew = 1
         drive = drive_now if drive_now <= 0 else 0
-        if drive > wanted + slew:
-            return drive - slew
-        if drive < wanted - slew:
-            return drive + slew
-        return wanted
+        return towards_home(drive, speed, self.drive_speed_mdeg_s, self.accel_mdeg_s2, dt_ms)
 
     def highest_mdeg(self):
         """The highest the table can be now (for counting the rider's exposure)."""
