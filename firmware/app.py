@@ -221,7 +221,7 @@ class App:
         setup.step(dt_ms, self.inputs)
         if not setup.done:
             return
-        away = not self.hal.home.closed()
+        away = not self.inputs.home  # the switch as this tick read it
         status = setup.status()
         if setup.result is not None:
             try:
