@@ -26,6 +26,12 @@ _BIAS_SHIFT = const(23)
 # instead of decaying with the slow time constant.
 _START_SHIFT = const(1)
 _SAMPLES_PER_SHIFT = const(5)
+# During start-up, this many samples in a row that all disagree with the
+# estimate by more than SPIKE_MDEG mean the seed itself was the outlier (a
+# glitch or a knock in the very first read after a boot): start again from
+# the latest sample. Without this a bad seed rejects every good sample after
+# it and the angle never settles (or worse, is believed).
+_START_RESEED_REJECTS = const(3)
 # An accelerometer angle this far from the prediction is not gravity: a
 # spike, a knock or a bad read. It is ignored for that tick.
 SPIKE_MDEG = const(8000)
@@ -168,5 +174,7 @@ class AngleEstimator:
             rejected = True
         if rejected:
             self.rejected_in_row += 1
+            if self._shift < _CORR_SHIFT and self.rejected_in_row >= _START_RESEED_REJECTS:
+                self.reset(raw)
         else:
             self.rejected_in_row = 0

@@ -295,6 +295,30 @@ def test_estimator_start_up_averages_out_a_bad_first_sample():
     assert est.bias_mdeg_s == 0  # the start-up transient is not learnt as gyro bias
 
 
+@pytest.mark.parametrize("spike_deg", [-67, -9, 9, 45])
+def test_estimator_start_up_recovers_from_a_spike_as_its_first_sample(spike_deg):
+    # The first read after a boot is a glitch far off the true angle (found
+    # with a spike pending across a watchdog reset: every good sample after it
+    # was rejected as a spike, and the angle never settled). The estimator
+    # must start again from the good samples and settle on the true angle.
+    est = make_estimator()
+    feed(est, 34 + spike_deg, 0, 1)
+    feed(est, 34, 0, 3 * 50)
+    assert est.settled
+    assert abs(est.angle_mdeg - 34000) < 100
+    assert est.rejected_in_row == 0
+
+
+def test_estimator_once_settled_never_reseeds_on_a_burst_of_spikes():
+    # After start-up a burst of implausible samples is rejected (the controller
+    # counts them and faults); it must never be taken as the new angle.
+    est = make_estimator()
+    feed(est, 30, 0, 200)
+    feed(est, 80, 0, 20)
+    assert est.rejected_in_row == 20
+    assert abs(est.angle_mdeg - 30000) <= 50
+
+
 @pytest.mark.parametrize("imu", MOUNTINGS[:3])
 def test_estimator_converges_to_static_angle(imu):
     # Start 3 deg off (a bad first sample), then clean samples: the PI filter

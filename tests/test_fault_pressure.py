@@ -120,6 +120,20 @@ def test_1_status_and_log_show_the_true_exposure(fault):
     assert abs(entry["inverted_ms"] - last) <= 2 * DT, entry
 
 
+@pytest.mark.parametrize("reset", ["hang", "power_loss", "crash"])
+def test_1_a_glitch_in_the_first_read_after_a_reset_is_not_the_angle(reset):
+    """Found by the two-fault property (seed 999): a spike pending across a
+    watchdog reset was the first sample of the new boot; the estimator took it
+    as the angle (-33 deg at +34 deg), rejected every good sample after it and
+    the way home became a blind one: 32.3 s inverted for a 30 s limit."""
+    program, limits = session(34, 6, 7, 34, 30, pause=0)
+    summary, rows = record(program, limits, [(23001, "imu_spike"), (23010, reset)], seed=73)
+    check_home_or_done(summary, rows)
+    assert not any(row[inv.FAULT_COL] == "imu_implausible" for row in rows), summary
+    allowance = REBOOT_MS if reset != "crash" else 0
+    assert summary["inverted_s"] * 1000 <= limits["max_inverted_ms"] + allowance + DT, summary
+
+
 # ------------------------------------------------------------ reproducer 2
 def test_2_a_reboot_with_the_switch_stuck_closed_returns_at_the_users_speed():
     """Was: drive -833 for about 10 s, 8.5 deg/s for a 5 deg/s user."""
