@@ -30,8 +30,12 @@ from rich.panel import Panel
 from rich.table import Table
 from rich.text import Text
 
+from invtable.firmware.auth import PIN_MAX_LEN, PIN_MIN_LEN, pin_format_ok
 from invtable.host import client as client_mod
 from invtable.host.simview import STATE_STYLE, STATE_TEXT
+
+# The board's rule (firmware.auth), checked before anything is sent.
+PIN_RULE = f"a PIN is {PIN_MIN_LEN} to {PIN_MAX_LEN} digits 0-9"
 
 EXIT_ERROR = 1
 EXIT_USAGE = 2
@@ -280,8 +284,8 @@ def resolve_pin(pin, prompt="Admin PIN"):
                 "or run it in a terminal to be asked")
         pin = click.prompt(prompt, hide_input=True)
     pin = pin.strip()
-    if not (4 <= len(pin) <= 8 and pin.isdigit()):
-        raise click.BadParameter("a PIN is 4 to 8 digits", param_hint="PIN")
+    if not pin_format_ok(pin):
+        raise click.BadParameter(PIN_RULE, param_hint="PIN")
     return pin
 
 
@@ -694,8 +698,8 @@ def pin_change(pin, new_pin, opts):
             raise click.UsageError("give --new-pin or INVTABLE_NEW_PIN, or run in a terminal")
         new_pin = click.prompt("New admin PIN", hide_input=True, confirmation_prompt=True)
     new_pin = new_pin.strip()
-    if not (4 <= len(new_pin) <= 8 and new_pin.isdigit()):
-        raise click.BadParameter("a PIN is 4 to 8 digits", param_hint="--new-pin")
+    if not pin_format_ok(new_pin):
+        raise click.BadParameter(PIN_RULE, param_hint="--new-pin")
     data = call(opts, "pin.change", pin=pin, new_pin=new_pin)
     if opts["as_json"]:
         return emit_json(data or {"changed": True})

@@ -153,6 +153,17 @@ def test_pin_from_env_prompt_or_usage_error(run, board, monkeypatch):
     assert board.fails == 0
 
 
+@pytest.mark.parametrize("pin", ["\u0661\u0662\u0663\u0664", "12\u00b334", "1234567890"])
+def test_a_pin_the_board_would_refuse_is_refused_before_sending(run, board, pin):
+    """The board's rule (ASCII digits, 4 to 8): CPython's str.isdigit accepts
+    Arabic-Indic digits and superscripts, the board does not."""
+    result = run("log", "clear", "--yes", "--pin", pin)
+    assert result.exit_code == 2 and "digits 0-9" in result.output
+    result = run("pin", "change", "--pin", "1234", "--new-pin", pin)
+    assert result.exit_code == 2 and "digits 0-9" in result.output
+    assert board.fails == 0 and board.pin == "1234"
+
+
 def test_pin_change(run, board):
     result = run("pin", "change", "--pin", "1234", "--new-pin", "5678")
     assert result.exit_code == 0 and board.pin == "5678"
