@@ -22,14 +22,24 @@ Safety rules enforced here, whatever the inputs do:
     inverted-time budget;
   * the reference trajectory never exceeds the speed or acceleration limits
     nor the smaller of the user's and the board's maximum angle.
+
+The protections are small objects of their own, each with its thresholds
+(imu_health, overload, stall, tracking), and so are the ways home after a
+fault (homing: blind, retry: after a stall or over-current); the controller
+is the state machine that feeds and calls them. Fault codes are re-exported
+here, where the rest of the firmware looks for them.
 """
 
+from . import retry
 from .calibration import effective_board
 from .compat import const, ticks_diff
 from .fusion import AngleEstimator, Mounting
-from .homing import BlindReturn, towards_home
+from .homing import BlindReturn, towards_home, way_home_cap_ms
+from .imu_health import F_IMU_IMPLAUSIBLE, F_IMU_LOST, F_IMU_STUCK, ImuHealth  # noqa: F401
 from .motion import Profile, braking_distance_mdeg
+from .overload import F_OVERLOAD, OverloadMonitor
 from .program import Session
+from .retry import RETRY_CHECK_MS, RETRY_PAUSE_MS, RetryReturn  # noqa: F401
 from .stall import StallMonitor
 from .switches import Debounced, GoButton
 from .tracking import TableSpeed, followable
@@ -52,11 +62,7 @@ END_FAULT = "fault"
 END_CALIBRATION = "calibration_changed"  # the home switch was not where commissioning saw it
 
 # Fault codes: stable strings, reported in status, traces and the log.
-F_IMU_LOST = "imu_lost"  # the IMU cannot be read
-F_IMU_STUCK = "imu_stuck"  # the IMU repeats the exact same sample
-F_IMU_IMPLAUSIBLE = "imu_implausible"  # readings disagree with physics
 F_STALL = "stall"  # driven but not moving
-F_OVERLOAD = "overload"  # the driver reports over-current
 F_HOME_STUCK_CLOSED = "home_switch_stuck_closed"  # closed far from home
 F_HOME_OPEN = "home_switch_open"  # never closed at home
 F_HOME_NOT_REACHED = "home_not_reached"  # blind return timed out
@@ -75,12 +81,6 @@ HOME_SEEK_MS = const(6000)  # how long to creep for the switch before a fault
 HOMEWARD_MS = const(200)  # driven towards home this long (2 actuator lags) before "home"
 HOME_OPEN_FAULT_MS = const(300)  # switch open at rest at home this long = switch fault
 REST_READY_TIMEOUT_MS = const(300000)  # rest over, no GO within 5 min: session ends
-IMU_ERROR_TICKS = const(3)  # consecutive failed reads = angle lost
-IMU_STUCK_TICKS = const(10)  # identical samples in a row = stuck (real noise never repeats)
-IMU_REJECT_TICKS = const(10)  # implausible samples in a row = angle untrusted
-OVERLOAD_TICKS = const(2)
-RETRY_PAUSE_MS = const(1000)  # drive off before the single slow retry
-RETRY_CHECK_MS = const(2500)  # the retry must show motion within this
 # The exit pause starts when the table is within this of the pause angle.
 PAUSE_REACHED_MDEG = const(1000)
 # Inverted time is counted from this far below 0 deg (estimator error).
@@ -176,9 +176,12 @@ class Controller:
         self._prev_home_raw = False
         self._waiting = False  # the reference waits for the table
         self._wait_ms = 0
-        travel_mdeg = board["max_angle_mdeg"] - self.home_angle_mdeg
-        # Blind return time cap: the whole travel at recovery speed, plus half again.
-        self.blind_cap_ms = travel_mdeg * 3 // 2 * 1000 // self.recovery_speed_mdeg_s + 5000
+        # The last resort's time cap: the whole travel at recovery speed, plus
+        # half again (each fault return has its own cap, at its own speed).
+        self.blind_cap_ms = way_home_cap_ms(
+            board["max_angle_mdeg"] - self.home_angle_mdeg, self.recovery_speed_mdeg_s
+        )
+        self._fault_cap_ms = self.blind_cap_ms  # this fault return's time cap
 
         self.estimator = AngleEstimator(Mounting(board["imu"]))
         self.profile = Profile(self.home_angle_mdeg)
@@ -216,18 +219,14 @@ class Controller:
         self._pause_done = False
         self._seek_ms = 0
         self._warning_ms = 0
-        # IMU health
-        self._imu_errors = 0
-        self._prev_raw = [0, 0, 0, 0, 0, 0]
-        self._same_raw = 0
-        self._overload_ticks = 0
+        self.imu_health = ImuHealth()
+        self.overload = OverloadMonitor()
+        self.retry_return = RetryReturn()
         self._home_open_ms = 0
         self._homeward_ms = 0
-        self._retry_window_ms = 0
         # fault return
         self._go_home_mode = _GO_HOME_NONE
         self._fault_ms = 0
-        self._retry_start_mdeg = 0
 
     # ----------------------------------------------------------------- setup
     def set_program(self, program, limits):
@@ -274,9 +273,8 @@ class Controller:
         self.stop.update(inp.stop or self._remote_stop)
         self._remote_stop = False
         self.home.update(inp.home)
-        # The driver's over-current flag only means something while it drives.
-        self._overload_ticks = self._overload_ticks + 1 if inp.overload and self.power else 0
-        self._sense_angle(inp, dt)
+        self.overload.update(inp.overload, self.power)
+        self.imu_health.sense(inp.imu_ok, inp.raw, self.estimator, dt)
         self._check_faults(inp, dt)  # in FAULT too: a further fault changes the way home
         self._account(dt)
         if self.estimator.ready:
@@ -305,41 +303,20 @@ class Controller:
         return self.drive
 
     # --------------------------------------------------------------- sensing
-    def _sense_angle(self, inp, dt):
-        est = self.estimator
-        if inp.imu_ok:
-            self._imu_errors = 0
-            raw = inp.raw
-            prev = self._prev_raw
-            same = True
-            for i in range(6):
-                if raw[i] != prev[i]:
-                    same = False
-                prev[i] = raw[i]
-            self._same_raw = self._same_raw + 1 if same else 0
-            est.update(raw, dt)
-        else:
-            self._imu_errors += 1
-            if est.ready:
-                est.predict(dt)
-
     def _check_faults(self, inp, dt):
         est = self.estimator
         blind = self.fault is not None and self._go_home_mode == _GO_HOME_BLIND
         if blind:
             return  # no angle to judge anything with; the blind return bounds itself
-        if self._imu_errors >= IMU_ERROR_TICKS:
-            self._latch(F_IMU_LOST, _GO_HOME_BLIND)
-        elif self._same_raw >= IMU_STUCK_TICKS:
-            self._latch(F_IMU_STUCK, _GO_HOME_BLIND)
-        elif est.rejected_in_row >= IMU_REJECT_TICKS:
-            self._latch(F_IMU_IMPLAUSIBLE, _GO_HOME_BLIND)
+        imu_fault = self.imu_health.fault(est)
+        if imu_fault is not None:
+            self._latch(imu_fault, _GO_HOME_BLIND)
         if not est.settled:
             return  # judge the rest on a settled angle only (a boot's first 0.6 s)
         if self.fault is not None:
             self._check_fault_return()
             return
-        if self._overload_ticks >= OVERLOAD_TICKS:
+        if self.overload.tripped:
             if self.state == RETURN and self._seek_ms > 0 and not self.home.level:
                 # Creeping into the home switch we hit the end stop below it:
                 # the table is home, the switch never closed.
@@ -363,7 +340,7 @@ class Controller:
         if self.home.level and far and not self._switch_doubted:
             self._switch_doubted = True  # the switch lies: home by the angle
             self.fault_chain.append(F_HOME_STUCK_CLOSED)
-        if self._overload_ticks >= OVERLOAD_TICKS:
+        if self.overload.tripped:
             self._latch(F_OVERLOAD, _GO_HOME_RETRY)
             return
         self._check_stall(self._dt_ms, -1)  # on the way home
@@ -446,6 +423,14 @@ class Controller:
         if go_home_mode == _GO_HOME_BLIND:
             last = self.estimator.angle_mdeg if self.estimator.settled else None
             self.blind.start(last, self._slow_speed())
+        else:
+            # The time cap of this way home, at the speed it really uses.
+            speed = self._slow_speed()
+            if go_home_mode == _GO_HOME_TRUSTED:
+                speed = self._return_speed(self._fault_speed_mdeg_s)
+            est = self.estimator
+            from_mdeg = est.angle_mdeg if est.settled else self.board["max_angle_mdeg"]
+            self._fault_cap_ms = way_home_cap_ms(from_mdeg - self.home_angle_mdeg, speed)
         if self.session is not None:
             self._exposed = True
             self._end_session(END_FAULT)
@@ -459,7 +444,7 @@ class Controller:
             self.drive = 0
             if go_home_mode != _GO_HOME_BLIND:
                 self.power = False
-        self._retry_window_ms = 0
+        self.retry_return.start(self._slow_speed())
         self._enter(FAULT)
 
     def _end_session(self, reason):
@@ -863,7 +848,7 @@ class Controller:
         if self.go.pressed:
             self._warn("go_refused_fault")
         mode = self._go_home_mode
-        over = self.power and self._overload_ticks >= OVERLOAD_TICKS
+        over = self.power and self.overload.tripped
         if over and mode == _GO_HOME_BLIND and not self._blind_paused:
             # Over-current on a blind way home: pause once, as a retry does,
             # then go on over-current or not (bringing the rider up matters
@@ -884,7 +869,7 @@ class Controller:
             else:
                 done = at_home
                 target = self.home_angle_mdeg - 3000  # into the switch
-            if done or self._fault_ms > self.blind_cap_ms:
+            if done or self._fault_ms > self._fault_cap_ms:
                 self._end_fault_return()
                 return
             # Planned like a normal return: at the session's (or the user's)
@@ -944,23 +929,12 @@ class Controller:
         if at_home:
             self._end_fault_return()
             return
-        if self._fault_ms < RETRY_PAUSE_MS:
+        step = self.retry_return.step(self._fault_ms, dt, self.estimator.angle_mdeg)
+        if step == retry.PAUSE:
             self._drive_off()
-            self._retry_start_mdeg = self.estimator.angle_mdeg
             return
-        # The retry goes on while every RETRY_CHECK_MS window shows at least
-        # 1 deg of motion towards home, over-current or not: bringing the
-        # rider up matters more than the motor; no motion means give up.
-        self._retry_window_ms += dt
-        if self._retry_window_ms >= RETRY_CHECK_MS:
-            moved_mdeg = self._retry_start_mdeg - self.estimator.angle_mdeg
-            if moved_mdeg < 1000:
-                self._go_home_mode = _GO_HOME_NONE  # no motion: give up, drive off
-            self._retry_window_ms = 0
-            self._retry_start_mdeg = self.estimator.angle_mdeg
-        if self._fault_ms > self.blind_cap_ms:
-            self._go_home_mode = _GO_HOME_NONE
-        if self._go_home_mode == _GO_HOME_NONE:
+        if step == retry.GIVE_UP or self._fault_ms > self._fault_cap_ms:
+            self._go_home_mode = _GO_HOME_NONE  # no progress: give up, drive off
             self._end_fault_return()
             return
         self._retry_drive(dt)

@@ -16,12 +16,16 @@ import time
 import machine
 
 from .compat import const
-from .hal import Hal
+from .hal import DRIVE_DEADLINE_MS, Hal
 from .mpu6050 import MPU6050
 
 _DUTY_FULL = const(65535)
 DEFAULT_WDT_TIMEOUT_MS = const(1000)
 _SENSE_SAMPLES = const(4)
+# Hardware timers: 0 keeps the watchdog fed at the REPL (main.py), 1 is the
+# drive deadline. The ESP32 and the ESP32-S3 both have four.
+MAINTENANCE_TIMER_ID = const(0)
+DRIVE_DEADLINE_TIMER_ID = const(1)
 
 
 class BootError(Exception):
@@ -67,6 +71,34 @@ def _clamp_permille(permille):
     return permille
 
 
+class DriveDeadline:
+    """The HAL's drive deadline (hal.DRIVE_DEADLINE_MS): a one-shot hardware
+    timer that every ``arm()`` (each drive command) pushes back; when it runs
+    out it calls ``stop`` (the actuator's ``off``). It needs nothing from the
+    control loop, so a loop stuck in an endless loop or a long computation
+    still loses the drive after the deadline, not after the watchdog's
+    timeout. (MicroPython runs the callback between bytecodes; a hang inside
+    one C call is left to the watchdog.)"""
+
+    def __init__(self, stop, period_ms=DRIVE_DEADLINE_MS, timer_id=DRIVE_DEADLINE_TIMER_ID):
+        self._timer = machine.Timer(timer_id)
+        self._stop = stop
+        self._callback = self._expired  # bound once: re-arming allocates nothing
+        self.period_ms = period_ms
+        self.expired_count = 0
+
+    def arm(self):
+        self._timer.init(mode=machine.Timer.ONE_SHOT, period=self.period_ms,
+                         callback=self._callback)
+
+    def disarm(self):
+        self._timer.deinit()
+
+    def _expired(self, _timer):
+        self.expired_count += 1
+        self._stop()
+
+
 def _pwm_low(pin_no, hz):
     """A PWM output that starts low: the pin is driven low before PWM takes it."""
     pin = machine.Pin(pin_no, machine.Pin.OUT, value=0)
@@ -89,6 +121,7 @@ class Bts7960Actuator:
         self._sense = machine.ADC(machine.Pin(sense_adc), atten=machine.ADC.ATTN_11DB)
         self._overload_uv = overload_mv * 1000
         self.command = 0
+        self.deadline = DriveDeadline(self.off)
 
     def drive(self, permille):
         permille = _clamp_permille(permille)
@@ -105,12 +138,14 @@ class Bts7960Actuator:
             self._rev.duty_u16(0)
         self._en.value(1)
         self.command = permille
+        self.deadline.arm()
 
     def off(self):
         self._en.value(0)
         self._fwd.duty_u16(0)
         self._rev.duty_u16(0)
         self.command = 0
+        self.deadline.disarm()
 
     def sense_uv(self):
         """Highest IS voltage over a few samples (IS only reflects current while
@@ -146,6 +181,7 @@ class Drv8871Actuator:
         self._in1 = _pwm_low(pwm_fwd, pwm_hz)  # IN1: high = towards inversion
         self._in2 = _pwm_low(pwm_rev, pwm_hz)  # IN2: high = towards home
         self.command = 0
+        self.deadline = DriveDeadline(self.off)
 
     def drive(self, permille):
         permille = _clamp_permille(permille)
@@ -162,11 +198,13 @@ class Drv8871Actuator:
             self._in1.duty_u16(_DUTY_FULL)
             self._in2.duty_u16(_DUTY_FULL)
         self.command = permille
+        self.deadline.arm()
 
     def off(self):
         self._in1.duty_u16(0)
         self._in2.duty_u16(0)
         self.command = 0
+        self.deadline.disarm()
 
     def overloaded(self):
         # The DRV8871 limits current itself (ILIM resistor) and has no fault

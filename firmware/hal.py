@@ -23,6 +23,11 @@ imu
 actuator
     ``drive(permille)``: signed command in [-1000, 1000]. Positive tilts the
     head down (towards inversion), negative towards home. 0 brakes.
+    A command holds for at most ``DRIVE_DEADLINE_MS``: the actuator switches
+    itself off unless ``drive`` is called again by then, with no help from the
+    control loop (on the board a one-shot hardware timer), so a loop that
+    hangs moves the table for that long, not for the watchdog's timeout.
+    The loop calls ``drive`` on every tick it wants the motor powered.
     ``off()``: removes power from the bridge (drive disabled until the next
     ``drive``). ``overloaded()`` -> bool: the driver reports over-current.
 
@@ -51,6 +56,12 @@ link (optional)
     The serial line: ``read_byte()`` -> int 0..255, or -1 when nothing is
     waiting (never blocks); ``write(data)`` queues bytes for the host.
 """
+
+# Five control periods at 50 Hz: a tick that runs late (a flash write) pauses
+# the motor for a moment at worst, while a hung loop moves the table at most
+# speed x (this + the actuator's lag) before the drive is cut; the watchdog
+# (500 ms) then resets the board.
+DRIVE_DEADLINE_MS = 100
 
 
 class Hal:

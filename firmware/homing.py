@@ -24,6 +24,16 @@ BELIEVE_SWITCH_MDEG = const(15000)
 GIVE_UP_PAST_MDEG = const(3000)
 
 
+def way_home_cap_ms(distance_mdeg, speed_mdeg_s):
+    """The time cap of a way home: ``distance_mdeg`` to go at ``speed_mdeg_s``
+    (the speed this return really uses: the user's may be far below the
+    board's), half as long again, plus 5 s. A cap from another speed would
+    cut a slow return short with the rider still inverted."""
+    if distance_mdeg < 0:
+        distance_mdeg = 0
+    return distance_mdeg * 3 // 2 * 1000 // speed_mdeg_s + 5000
+
+
 def towards_home(drive, speed_mdeg_s, drive_speed_mdeg_s, accel_mdeg_s2, dt_ms):
     """The open-loop drive towards home at ``speed``, from ``drive`` (permille),
     slewed at the acceleration limit: no jolt when it starts or slows."""
@@ -53,9 +63,8 @@ class BlindReturn:
         self.known = from_mdeg is not None
         self.low_mdeg = self.home_mdeg if from_mdeg is None else from_mdeg
         self.high_mdeg = self.max_mdeg if from_mdeg is None else from_mdeg
-        # A backstop in time: the way from the highest it can be at half the
-        # commanded speed's worth again, plus 5 s.
-        self.cap_ms = (self.high_mdeg - self.home_mdeg) * 3 // 2 * 1000 // speed_mdeg_s + 5000
+        # A backstop in time: the way from the highest it can be.
+        self.cap_ms = way_home_cap_ms(self.high_mdeg - self.home_mdeg, speed_mdeg_s)
         self._low_udeg = 0
         self._high_udeg = 0
         self.speed_mdeg_s = speed_mdeg_s

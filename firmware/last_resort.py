@@ -12,13 +12,14 @@ plus 5 s (the controller's blind-return cap, ``Controller.blind_cap_ms``).
 """
 
 from .compat import ticks_diff
+from .homing import way_home_cap_ms
 
 
 def blind_cap_ms(board):
     """The blind-return time cap for a board: the travel from home to the
     board's maximum angle at its recovery speed, 1.5 times, plus 5 s."""
     travel_mdeg = board["max_angle_mdeg"] - board["home_angle_mdeg"]
-    return travel_mdeg * 3 // 2 * 1000 // board["recovery_speed_mdeg_s"] + 5000
+    return way_home_cap_ms(travel_mdeg, board["recovery_speed_mdeg_s"])
 
 
 def homeward_drive(board):

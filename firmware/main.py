@@ -132,7 +132,9 @@ def _maintenance_watchdog(hal):
     try:
         import machine
 
-        timer = machine.Timer(0)
+        from firmware.esp32_hal import MAINTENANCE_TIMER_ID
+
+        timer = machine.Timer(MAINTENANCE_TIMER_ID)
         period_ms = max(50, wdt.timeout_ms // 4)
         timer.init(mode=machine.Timer.PERIODIC, period=period_ms, callback=lambda t: wdt.feed())
         _maintenance_timer.append(timer)

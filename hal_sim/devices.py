@@ -8,11 +8,20 @@ from .clock import ticks_diff
 class SimActuator:
     """H-bridge driver in front of the physics' actuator."""
 
-    def __init__(self, physics):
+    def __init__(self, physics, clock=None, deadline_ms=None):
         self.physics = physics
         self.last_drive = 0  # signed permille, what the bridge outputs
         self.enabled = False  # bridge powered; off() cuts it until next drive()
         self.drive_count = 0
+        # The HAL's drive deadline (firmware.hal.DRIVE_DEADLINE_MS) on the
+        # simulated clock: a command not renewed within deadline_ms switches
+        # the bridge off, as the board's one-shot timer does. None: commands
+        # hold until changed (physics-only tests; or the drive comes from the
+        # board's HAL on machine_sim pins, whose own timer does it).
+        self.clock = clock if deadline_ms is not None else None
+        self.deadline_ms = deadline_ms
+        self._drive_at_ms = 0
+        self.deadline_trips = 0
 
     def drive(self, permille):
         # Only small integers cross the HAL (no float on the board's hot path).
@@ -25,6 +34,8 @@ class SimActuator:
         self.last_drive = permille
         self.enabled = True
         self.drive_count += 1
+        if self.clock is not None:
+            self._drive_at_ms = self.clock.elapsed_ms
 
     def off(self):
         self.last_drive = 0
@@ -36,6 +47,11 @@ class SimActuator:
     def output_permille(self):
         """What actually reaches the motor this instant."""
         if not self.enabled or not self.physics.powered:
+            return 0
+        clock = self.clock
+        if clock is not None and clock.elapsed_ms - self._drive_at_ms >= self.deadline_ms:
+            self.off()
+            self.deadline_trips += 1
             return 0
         return self.last_drive
 

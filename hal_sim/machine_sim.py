@@ -207,6 +207,25 @@ def sim_fire_timers():
             timer.callback(timer)
 
 
+def sim_run_due_timers():
+    """Run the callbacks whose period has passed on the simulated clock, as the
+    chip's hardware timers would: a one-shot timer fires once and is spent, a
+    periodic one starts its next period. Call it at least once per period.
+    Returns how many callbacks ran."""
+    fired = 0
+    now = ticks_ms()
+    for timer in _world.timers:
+        callback = timer.callback
+        if callback is None or timer.period <= 0 or ticks_diff(now, timer.armed_ms) < timer.period:
+            continue
+        timer.armed_ms = now
+        if timer.mode == Timer.ONE_SHOT:
+            timer.callback = None
+        callback(timer)
+        fired += 1
+    return fired
+
+
 def ticks_ms():
     """The simulator's clock (not in the real ``machine``; the HAL prefers it if present)."""
     fn = _world.ticks
@@ -444,6 +463,7 @@ class Timer:
         self.mode = None
         self.period = None
         self.callback = None
+        self.armed_ms = 0
         _world.timers.append(self)
 
     def init(self, mode=PERIODIC, period=-1, callback=None, freq=None):
@@ -452,6 +472,7 @@ class Timer:
         self.mode = mode
         self.period = period
         self.callback = callback
+        self.armed_ms = ticks_ms()
 
     def deinit(self):
         self.callback = None

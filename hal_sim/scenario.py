@@ -21,7 +21,7 @@ Portable: runs under CPython and MicroPython (the tests do both).
 from ..firmware import calibration as calib_store
 from ..firmware.app import App
 from ..firmware.controller import F_WATCHDOG, FAULT, HOME, REST
-from ..firmware.hal import Hal
+from ..firmware.hal import DRIVE_DEADLINE_MS, Hal
 from .flash import PowerLoss, SimFlash
 from .table import SimTable
 
@@ -106,7 +106,8 @@ class Scenario:
         self.program = program
         self.limits = limits
         self.dt_ms = 1000 // board["control_hz"]
-        self.table = SimTable(board, seed, rider_mass_kg, start_angle_deg, world)
+        self.table = SimTable(board, seed, rider_mass_kg, start_angle_deg, world,
+                              drive_deadline_ms=DRIVE_DEADLINE_MS)
         self.table.wdt.timeout_ms = board.get("wdt_timeout_ms", WATCHDOG_MS)
         self.flash = SimFlash()
         if calibration == AUTO:

@@ -25,6 +25,7 @@ import tty
 
 from ..firmware.app import App
 from ..firmware.calibration import CALIB_FILE
+from ..firmware.hal import DRIVE_DEADLINE_MS
 from .dirflash import DirFlash
 from .flash import PowerLoss
 from .scenario import build_hal, commission_flash
@@ -61,7 +62,7 @@ class SimBoard:
         """``world``: the table that is really there (None: the board file)."""
         self.board = board
         self.dt_ms = 1000 // board["control_hz"]
-        self.table = SimTable(board, seed, world=world)
+        self.table = SimTable(board, seed, world=world, drive_deadline_ms=DRIVE_DEADLINE_MS)
         self.table.wdt.timeout_ms = board.get("wdt_timeout_ms", 1000)
         self.flash = DirFlash(state_dir)
         if world is None and self.flash.read_bytes(CALIB_FILE) is None:

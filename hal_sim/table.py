@@ -43,10 +43,14 @@ class SimTable:
         "stop_up",
     )
 
-    def __init__(self, board, seed=0, rider_mass_kg=80.0, start_angle_deg=None, world=None):
+    def __init__(self, board, seed=0, rider_mass_kg=80.0, start_angle_deg=None, world=None,
+                 drive_deadline_ms=None):
         """``world``: the table that is really there (hal_sim.world.World), with
         its own rider; None = exactly the board file with ``rider_mass_kg``.
-        ``start_angle_deg`` None = the world's home."""
+        ``start_angle_deg`` None = the world's home. ``drive_deadline_ms``:
+        the simulated HAL's drive deadline (firmware.hal.DRIVE_DEADLINE_MS);
+        None when the board's own HAL drives machine_sim pins (its timer
+        does it)."""
         if world is None:
             world = World.from_board(board, rider_mass_kg)
         self.board = board
@@ -56,7 +60,7 @@ class SimTable:
         self.rng = Rng(seed)
         self.physics = TablePhysics(board, start_angle_deg=start_angle_deg, world=world)
         self.imu = SimImu(self.physics, world.imu_mounting(), self.rng)
-        self.actuator = SimActuator(self.physics)
+        self.actuator = SimActuator(self.physics, self.clock, drive_deadline_ms)
         self.go = SimButton()
         self.stop = SimStopButton()
         self.home = SimHomeSwitch(self.physics, world.home_angle_mdeg)
@@ -69,8 +73,11 @@ class SimTable:
 
     def step(self, dt_ms):
         """Advance sim time by dt_ms with the drive the bridge outputs now."""
+        # The drive at the start of the step holds for all of it (the drive
+        # deadline is judged at that instant).
+        drive = self.actuator.output_permille()
         self.clock.advance(dt_ms)
-        self.physics.step(dt_ms, self.actuator.output_permille())
+        self.physics.step(dt_ms, drive)
         now_ms = self.clock.elapsed_ms
         if self._go_release_ms is not None and now_ms >= self._go_release_ms:
             self.go.release()

@@ -278,6 +278,7 @@ class VirtualTable:
             self._last_ms = now
             if dt > _MAX_STEP_MS:
                 dt = _MAX_STEP_MS
+            machine_sim.sim_run_due_timers()  # the drive deadline, as on the chip
             self.sim.actuator.drive(self.drive_permille())
             self.sim.step(dt)  # also lets go of tapped buttons
             self.syncs += 1

@@ -49,6 +49,7 @@ from invariants import FAULT_COL as FAULT  # noqa: F401
 
 from invtable.boards.esp32_devkitc import BOARD
 from invtable.firmware import controller, stall
+from invtable.firmware.hal import DRIVE_DEADLINE_MS
 from invtable.hal_sim import scenario
 
 # The documented fault codes (firmware/controller.py F_*): stable strings that
@@ -114,13 +115,18 @@ def recovery_permille(board, seed=0):
     return board["recovery_speed_mdeg_s"] * 1000 // board["actuator_speed_mdeg_s"]
 
 
-def blind_cap_ms(board, seed=0):
-    """Time cap of a return without a trusted angle: the whole travel at the
-    recovery speed plus half again, plus 5 s (about 117.5 s on the DevKitC),
-    from the home angle commissioning measured."""
+def blind_cap_ms(board, seed=0, program=None, limits=None):
+    """Time cap of a way home: the whole travel at the slowest speed it may
+    use plus half again, plus 5 s (about 117.5 s on the DevKitC at its
+    recovery speed), from the home angle commissioning measured. With a
+    session, a slower user's speed is that slowest speed (no way home is
+    faster than the user's)."""
     board = commissioned(board, seed)
     travel_mdeg = board["max_angle_mdeg"] - board["home_angle_mdeg"]
-    return travel_mdeg * 3 // 2 * 1000 // board["recovery_speed_mdeg_s"] + 5000
+    speed = board["recovery_speed_mdeg_s"]
+    if program is not None:
+        speed = min(speed, int(session_speed_deg_s(board, program, limits) * 1000))
+    return travel_mdeg * 3 // 2 * 1000 // speed + 5000
 
 
 def brake_ms(board):
@@ -130,17 +136,22 @@ def brake_ms(board):
     )
 
 
-def drive_off_bound_ms(board):
-    """After a latch, the drive is off for good within this (every way home is capped)."""
-    return blind_cap_ms(board) + 2 * dt_ms(board)
+def drive_off_bound_ms(board, program=None, limits=None):
+    """After a latch, the drive is off for good within this (every way home
+    is capped, at the speed it uses)."""
+    return blind_cap_ms(board, program=program, limits=limits) + 2 * dt_ms(board)
 
 
-def hang_overshoot_deg(board, program, limits):
+def hang_overshoot_deg(board, program, limits, lag_ms=None):
     """How far past the angle cap a hung loop may carry the table: the drive
-    keeps its last command until the watchdog bites, so the session speed x
-    the watchdog time (0.5 s), plus one actuator lag of coasting."""
+    keeps its last command until the HAL's drive deadline (0.1 s, not the
+    watchdog's 0.5 s) cuts it, so the session speed x that deadline, plus
+    one actuator lag of coasting (``lag_ms``: the real table's; default the
+    board file's)."""
     v = session_speed_deg_s(board, program, limits)
-    return v * (WATCHDOG_MS + board.get("actuator_lag_ms", 0)) / 1000.0
+    if lag_ms is None:
+        lag_ms = board.get("actuator_lag_ms", 0)
+    return v * (DRIVE_DEADLINE_MS + lag_ms) / 1000.0
 
 
 def record(board, program, limits, events=(), **kwargs):

@@ -50,6 +50,7 @@ class PinTable:
         ms.sim_set_input(board["stop_pin"], None if sim.stop.pressed() else 0)  # NC
 
     def step(self, dt_ms):
+        ms.sim_run_due_timers()  # the drive deadline, as the chip's timer runs it
         drive = self.drive_permille()
         self.sim.actuator.drive(drive)
         self.sim.step(dt_ms)

@@ -12,6 +12,7 @@ import invariants as inv
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
+from world_strategies import mountings, world, worlds
 
 from invtable.boards.esp32_devkitc import BOARD
 from invtable.firmware import calibration
@@ -23,22 +24,12 @@ from invtable.hal_sim.world import World
 
 DT = inv.dt_ms_of(BOARD)
 SWITCH_TRAVEL_MDEG = 1500  # hal_sim SimHomeSwitch: closed within 1.5 deg above the rest angle
-AXES = ("+x", "-x", "+y", "-y", "+z", "-z")
 # The issue's session: 60 deg, 90 s inverted limit.
 PROGRAM = dict(
     angle_mdeg=60000, hold_ms=60000, sets=1, rest_ms=10000, speed_mdeg_s=4000, exit_pause_ms=5000
 )
 LIMITS = dict(max_angle_mdeg=60000, max_inverted_ms=90000, max_speed_mdeg_s=4000)
 PROPERTY = settings(max_examples=25, deadline=None, suppress_health_check=[HealthCheck.too_slow])
-
-
-def world(**keys):
-    return World.from_dict(keys, BOARD)
-
-
-def mountings():
-    """All 24 right-handed mountings as (along, normal)."""
-    return [(a, n) for a in AXES for n in AXES if a[1] != n[1]]
 
 
 def check_measured(calib, w):
@@ -443,18 +434,6 @@ def test_a_calibration_never_loosens_the_board_files_caps(travel, speed, along):
 
 
 # ------------------------------------------------------------ properties
-@st.composite
-def worlds(draw):
-    along, normal = draw(st.sampled_from(mountings()))
-    return world(
-        actuator_speed_deg_s=draw(st.floats(4, 16)),
-        actuator_lag_ms=draw(st.floats(50, 400)),
-        rider_kg=draw(st.floats(40, 160)),
-        home_angle_deg=draw(st.floats(-70, -45)),
-        imu={"along": along, "normal": normal, "offset_deg": draw(st.floats(-8, 8))},
-    )
-
-
 @st.composite
 def sessions(draw):
     angle = draw(st.integers(10000, 90000))

@@ -315,6 +315,44 @@ def test_bts7960_duty_direction_and_enable(hal_mod):
     assert (ms.sim_pwm_duty_u16(25), ms.sim_pwm_duty_u16(26), ms.sim_pin(27).out) == (0, 0, 0)
 
 
+@pytest.mark.parametrize(("board", "chip", "pins"), [
+    (esp32_devkitc, "esp32", (25, 26)), (esp32_s3_devkitc, "esp32s3", (4, 5))])
+def test_a_drive_command_not_renewed_is_cut_by_the_deadline_timer(hal_mod, board, chip, pins):
+    """The HAL's drive deadline on the board: a one-shot hardware timer that
+    each drive() re-arms; when the loop stops renewing the command (a hang),
+    the bridge goes off after DRIVE_DEADLINE_MS, with no help from the loop."""
+    from invtable.firmware.hal import DRIVE_DEADLINE_MS
+
+    hal, _s, _m = _build(hal_mod, board, chip=chip)
+    now = [0]
+    ms.sim_set_ticks(lambda: now[0])
+    act = hal.actuator
+
+    def duties():
+        return tuple(ms.sim_pwm_duty_u16(p) for p in pins)
+
+    for _ in range(20):  # a healthy loop: renewed every 20 ms, never cut
+        now[0] += 20
+        assert ms.sim_run_due_timers() == 0
+        act.drive(-600)
+    assert act.command == -600 and duties() != (0, 0)
+    now[0] += DRIVE_DEADLINE_MS - 1  # the loop hangs after its last drive()
+    assert ms.sim_run_due_timers() == 0
+    now[0] += 1
+    assert ms.sim_run_due_timers() == 1
+    assert act.command == 0 and duties() == (0, 0)
+    assert act.deadline.expired_count == 1
+    if board is esp32_devkitc:
+        assert ms.sim_pin(27).out == 0  # BTS7960 enable low: bridge off
+    now[0] += 1000
+    assert ms.sim_run_due_timers() == 0  # one-shot: spent
+    act.drive(300)  # the next command runs again
+    assert duties() != (0, 0)
+    act.off()  # off() disarms: nothing fires later
+    now[0] += 1000
+    assert ms.sim_run_due_timers() == 0
+
+
 def test_bts7960_overload_from_current_sense(hal_mod):
     hal, _s, _m = _build(hal_mod, esp32_devkitc)
     ms.sim_set_adc_uv(36, 1000000)
@@ -867,7 +905,7 @@ def test_ctrl_c_at_home_keeps_the_started_watchdog_fed_for_maintenance(boot):
     assert events == []
     wdt = ms.sim_wdt()
     assert wdt is not None
-    (timer,) = ms.sim_timers()
+    (timer,) = [t for t in ms.sim_timers() if t.id == 0]  # esp32_hal.MAINTENANCE_TIMER_ID
     assert timer.mode == ms.Timer.PERIODIC and timer.period < wdt.timeout
     feeds = wdt.feeds
     ms.sim_fire_timers()
@@ -881,7 +919,8 @@ def test_ctrl_c_without_a_started_watchdog_starts_no_timer(boot):
         raise KeyboardInterrupt
 
     boot(esp32_devkitc, run=run)
-    assert ms.sim_timers() == [] and ms.sim_wdt() is None
+    assert ms.sim_wdt() is None
+    assert [t for t in ms.sim_timers() if t.callback is not None] == []
 
 
 def test_missing_imu_allocation_is_small_and_bounded_under_micropython(micropython):

@@ -11,6 +11,7 @@ import invariants as inv
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
+from world_strategies import worlds
 
 from invtable.boards.esp32_devkitc import BOARD
 from invtable.hal_sim import scenario
@@ -134,6 +135,37 @@ def test_1_a_glitch_in_the_first_read_after_a_reset_is_not_the_angle(reset):
     assert summary["inverted_s"] * 1000 <= limits["max_inverted_ms"] + allowance + DT, summary
 
 
+@pytest.mark.parametrize("at_ms", [5000, 8000, 11000])
+def test_a_hung_loop_moves_the_table_no_further_than_the_drive_deadline(at_ms):
+    """Mid-ramp at 10 deg/s the loop hangs: the drive deadline (not the 500 ms
+    watchdog) cuts the motor, so the table travels at most speed x (deadline
+    + lag) before it stops, and stays put until the reset."""
+    program, limits = session(90, 30, 10, 90, 120)
+    summary, rows = record(program, limits, [(at_ms, "hang")])
+    i = next(j for j, row in enumerate(rows) if row[T] >= at_ms)
+    assert rows[i][STATE] == "RAMP" and rows[i][DRIVE] > 0, fh.where(rows[i])
+    i_boot = fh.boot_indices(rows)[1]
+    travel = max(row[TRUE] for row in rows[i:i_boot]) - rows[i][TRUE]
+    bound = fh.hang_overshoot_deg(BOARD, program, limits)
+    assert bound < 10 * fh.WATCHDOG_MS / 1000  # tighter than speed x watchdog
+    assert travel <= bound + 0.05, (travel, bound)
+    check_home_or_done(summary, rows)
+
+
+@pytest.mark.parametrize("fault", ["crash", "power_loss", "hang", "home_switch_stuck_closed",
+                                   "overload"])
+def test_a_slow_users_way_home_is_not_cut_short_by_a_cap_made_for_a_faster_one(fault):
+    """Found while widening the fault property: a 0.5 deg/s user at 90 deg; the
+    trusted return (at the user's speed, as it must be) was cut by a time cap
+    computed at the board's 2 deg/s recovery speed (117 s): drive off with
+    the rider at +31 deg. Every way home's cap is now made from its own speed."""
+    program, limits = session(90, 300, 0.5, 90, 600)
+    summary, rows = record(program, limits, [(330000, fault)])
+    assert stranded(rows) == [], fh.where(stranded(rows)[0])
+    check_home_or_done(summary, rows)
+    assert summary["final_angle_deg"] < -55, summary
+
+
 # ------------------------------------------------------------ reproducer 2
 def test_2_a_reboot_with_the_switch_stuck_closed_returns_at_the_users_speed():
     """Was: drive -833 for about 10 s, 8.5 deg/s for a 5 deg/s user."""
@@ -185,7 +217,7 @@ PAIR_ACTIONS = tuple(a for a in scenario.ACTIONS if a not in _NOT_PAIRED)
 @st.composite
 def two_faults(draw):
     angle = draw(st.integers(10, 90))
-    speed = draw(st.integers(1, 10))
+    speed = draw(st.one_of(st.integers(1, 10), st.sampled_from([0.3, 0.6])))
     program, limits = session(angle, draw(st.integers(5, 30)), speed, angle,
                               draw(st.integers(30, 200)), sets=draw(st.integers(1, 2)),
                               rest=draw(st.integers(0, 5)), pause=draw(st.integers(0, 5)))
@@ -195,11 +227,8 @@ def two_faults(draw):
     return program, limits, events, draw(st.integers(0, 1000))
 
 
-@settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.too_slow])
-@given(two_faults())
-def test_two_faults_at_random_moments_never_strand_the_rider(case):
-    program, limits, events, seed = case
-    summary, rows = inv.record(BOARD, program, limits, events=events, seed=seed)
+def check_two_fault_trace(summary, rows, program, limits, events, lag_ms):
+    """What every trace with two faults must show (issue 10)."""
     actions = [a for _, a in events]
     assert summary["final_state"] in ("HOME", "FAULT"), summary
     assert rows[-1][DRIVE] == 0
@@ -216,10 +245,28 @@ def test_two_faults_at_random_moments_never_strand_the_rider(case):
     # The angle cap, with the documented hang allowance.
     cap = fh.angle_cap_deg(BOARD, limits) + fh.ANGLE_MARGIN_DEG
     if "hang" in actions:
-        cap += fh.hang_overshoot_deg(BOARD, program, limits)
+        cap += fh.hang_overshoot_deg(BOARD, program, limits, lag_ms)
     assert summary["max_angle_deg"] <= cap
     # The budget, when every fault left the angle trusted.
     if all(a in TRUSTED or a in ("stop", "imu_spike", "home_switch_fail") for a in actions):
         resets = sum(1 for a in actions if a in ("power_loss", "hang"))
         bound = limits["max_inverted_ms"] + resets * REBOOT_MS + DT
         inv.check_inverted_time(rows, BOARD, dict(limits, max_inverted_ms=bound))
+
+
+@settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(two_faults())
+def test_two_faults_at_random_moments_never_strand_the_rider(case):
+    program, limits, events, seed = case
+    summary, rows = inv.record(BOARD, program, limits, events=events, seed=seed)
+    check_two_fault_trace(summary, rows, program, limits, events, BOARD["actuator_lag_ms"])
+
+
+@settings(max_examples=20, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(two_faults(), worlds())
+def test_two_faults_on_a_table_that_differs_from_its_board_file(case, world):
+    """The same, on a commissioned table that is not the board file: another
+    actuator speed and lag, rider, home angle and IMU mounting."""
+    program, limits, events, seed = case
+    summary, rows = inv.record(BOARD, program, limits, events=events, seed=seed, world=world)
+    check_two_fault_trace(summary, rows, program, limits, events, world.actuator_lag_ms)

@@ -589,26 +589,16 @@ STOPS = ("stop", "stop_wire_cut")
 def _rest_bound_ms(action, program, limits):
     """Documented bound from an event to 'at home, or in FAULT with the drive off'.
 
-    Faults and resets: blind cap (travel x 1.5 / recovery speed + 5 s) plus
-    the dark time, the watchdog and the boot settling. STOP: the same travel
-    bound at the session's own speed, plus its exit pause and the creep into
-    the home switch.
+    Faults and resets: the way-home cap (travel x 1.5 / the slowest speed it
+    uses + 5 s) plus the dark time, the watchdog and the boot settling. STOP:
+    the same travel bound, plus its exit pause, the creep into the home
+    switch and a fault found on the way home.
     """
     base = fh.POWER_OFF_MS + fh.WATCHDOG_MS + fh.BOOT_SETTLE_MS + 10 * DT
+    cap_ms = fh.blind_cap_ms(BOARD, program=program, limits=limits)
     if action in STOPS:
-        speed_mdeg_s = int(fh.session_speed_deg_s(BOARD, program, limits) * 1000)
-        speed_mdeg_s = min(speed_mdeg_s, BOARD["recovery_speed_mdeg_s"])
-        travel_mdeg = BOARD["max_angle_mdeg"] - BOARD["home_angle_mdeg"]
-        travel_ms = travel_mdeg * 3 // 2 * 1000 // speed_mdeg_s + 5000
-        return (
-            base
-            + fh.brake_ms(BOARD)
-            + travel_ms
-            + program["exit_pause_ms"]
-            + fh.HOME_SEEK_MS
-            + fh.blind_cap_ms(BOARD)  # a fault found on the way home
-        )
-    return base + fh.blind_cap_ms(BOARD)
+        return base + fh.brake_ms(BOARD) + 2 * cap_ms + program["exit_pause_ms"] + fh.HOME_SEEK_MS
+    return base + cap_ms
 
 
 def _at_rest(row):
@@ -663,7 +653,7 @@ def test_random_sessions_with_random_faults(case):
         if i is None:
             break
         end = fh.epoch_end(rows, i)
-        deadline = rows[i][T] + fh.drive_off_bound_ms(BOARD)
+        deadline = rows[i][T] + fh.drive_off_bound_ms(BOARD, program, limits)
         for row in rows[i:end]:
             assert row[STATE] == "FAULT", where(row)
             if row[T] > deadline:

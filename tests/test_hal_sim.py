@@ -577,8 +577,8 @@ def test_link_queues_bytes_both_ways():
 def test_table_step_drives_physics_and_clock():
     table = SimTable(BOARD, seed=1)
     assert table.home.closed()
-    table.actuator.drive(1000)
     for _ in range(100):
+        table.actuator.drive(1000)  # renewed every tick, as the firmware does
         table.step(20)
     assert table.clock.elapsed_ms == 2000
     assert table.physics.angle_deg > HOME_DEG + 15
@@ -591,6 +591,25 @@ def test_table_step_drives_physics_and_clock():
     for _ in range(50):
         table.step(20)
     assert table.physics.angle_deg == held
+
+
+@pytest.mark.parametrize("step_ms", [10, 20, 30])
+def test_a_drive_command_not_renewed_stops_at_the_deadline(step_ms):
+    """The HAL contract: a command holds for at most DRIVE_DEADLINE_MS (a hung
+    loop), then the bridge is off until the next drive()."""
+    from invtable.firmware.hal import DRIVE_DEADLINE_MS
+
+    table = SimTable(BOARD, seed=1, drive_deadline_ms=DRIVE_DEADLINE_MS)
+    table.actuator.drive(1000)
+    powered_ms = 0
+    for _ in range(1000 // step_ms):
+        if table.actuator.output_permille() != 0:
+            powered_ms += step_ms
+        table.step(step_ms)
+    assert DRIVE_DEADLINE_MS <= powered_ms < DRIVE_DEADLINE_MS + step_ms
+    assert not table.actuator.enabled and table.actuator.deadline_trips == 1
+    table.actuator.drive(500)  # a new command starts again
+    assert table.actuator.output_permille() == 500
 
 
 def test_table_power_off_and_on():
