@@ -149,6 +149,8 @@ class App:
             "interrupted_writes": self.interrupted_writes,
             "commissioned": ctl.commissioned,
             "calibration_status": self.calib_status,
+            # What main.py found at boot and ran on anyway (imu_not_found).
+            "boot_errors": [code for code, _ in getattr(self.hal, "boot_errors", ())],
         }
 
     def state_name(self):

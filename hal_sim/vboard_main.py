@@ -182,10 +182,19 @@ def _check_interrupt():
         raise KeyboardInterrupt
 
 
+class _Table:
+    current = None  # the VirtualTable, once installed
+
+
 def _sleep_ms(ms):
     if ms > 0:
         vboard_host.sleep_ms(int(ms))
     _check_interrupt()
+    table = _Table.current
+    if table is not None:
+        # The table also lives while the firmware only sleeps (a board with
+        # no IMU on the bus never reads it: the physics must step anyway).
+        table.sync()
 
 
 def _sleep(seconds):
@@ -222,9 +231,13 @@ class VirtualTable:
     """A ``SimTable`` (physics, IMU, buttons, switches, fault switches) behind
     the simulated ``machine`` pins, on the interpreter's real-time clock."""
 
-    def __init__(self, board, seed=0, start_angle_deg=None, rider_mass_kg=80.0, world=None):
+    def __init__(self, board, seed=0, start_angle_deg=None, rider_mass_kg=80.0, world=None,
+                 imu_present=True):
         """``world``: the table that is really there (hal_sim.world.World), with
-        its own rider; None = exactly the board file with ``rider_mass_kg``."""
+        its own rider; None = exactly the board file with ``rider_mass_kg``.
+        ``imu_present`` False: no MPU-6050 answers on the I2C bus (a loose
+        connector, a brown-out), from power-on."""
+        self.imu_present = imu_present
         self.sim = SimTable(
             board, seed, rider_mass_kg, start_angle_deg=start_angle_deg, world=world
         )
@@ -242,9 +255,9 @@ class VirtualTable:
     def wire(self, reset_cause=machine_sim.PWRON_RESET):
         machine_sim.sim_clear(self.board.get("chip", "esp32"), reset_cause)
         imu_cfg = self.board["imu"]
-        machine_sim.sim_i2c_bus(imu_cfg.get("i2c_id", 0)).attach(
-            imu_cfg.get("addr", 0x68), self.mpu
-        )
+        bus = machine_sim.sim_i2c_bus(imu_cfg.get("i2c_id", 0))
+        if self.imu_present:
+            bus.attach(imu_cfg.get("addr", 0x68), self.mpu)
         machine_sim.sim_set_ticks(self.ticks_ms)
         self.sim.power_on()  # after a power_loss input
         self._last_ms = time.ticks_ms()
@@ -337,12 +350,17 @@ class VirtualTable:
             )
             if on
         ]
-        return "table %.1f deg, drive %d permille, GO %s, STOP %s, home switch %s, faults: %s" % (
+        if not self.imu_present:
+            faults.append("no_imu")
+        beeper = machine_sim.sim_level(self.board["beeper_pin"])
+        return ("table %.1f deg, drive %d permille, GO %s, STOP %s, home switch %s, beeper %s, "
+                "faults: %s") % (
             phys.angle_deg,
             self.drive_permille(),
             "held" if sim.go.pressed() else "released",
             "held" if sim.stop.held else "released",
             "closed" if sim.home.closed() else "open",
+            "on" if beeper else "off",
             ", ".join(faults) or "none",
         )
 
@@ -376,7 +394,8 @@ class _Inputs:
     """Lines from the Node runner's control channel, applied to the table.
 
     Drained at every sync() (the firmware reads the IMU first thing in each
-    control tick), and by the Node side while the REPL idles."""
+    control tick, and sleeps after it), and by the Node side while the REPL
+    idles."""
 
     @staticmethod
     def poll(table, in_code):
@@ -537,8 +556,9 @@ def _write_missing_files(files):
 def install(config_json):
     """Set the interpreter up as the virtual board. config: JSON text with
     board (the BOARD dict), seed, start_angle_deg (None = the world's home),
-    world (a world file's dict, checked again here; None = the board file)
-    and files ({name: text} for the flash, written unless already there)."""
+    world (a world file's dict, checked again here; None = the board file),
+    imu (False: no MPU-6050 on the bus) and files ({name: text} for the
+    flash, written unless already there)."""
     config = json.loads(config_json)
     _install_errno_fix()
     _install_time_and_micropython()
@@ -547,8 +567,10 @@ def install(config_json):
     if world is not None:
         world = World.from_dict(world, board_dict)
     table = VirtualTable(
-        board_dict, config.get("seed", 0), config.get("start_angle_deg"), world=world
+        board_dict, config.get("seed", 0), config.get("start_angle_deg"), world=world,
+        imu_present=config.get("imu", True),
     )
+    _Table.current = table
     _write_missing_files(config.get("files") or {})
     _patch_machine_resets()
     sys.modules["machine"] = machine_sim

@@ -102,14 +102,18 @@ commissioning measures on it is on its flash); with --world it waits for
 @click.option("--start-angle", "start_angle_deg", type=float,
               help="Table angle at power-on, degrees [default: the world's home].")
 @world_option
-def sim_board(board, seed, start_angle_deg, world_data):
+@click.option("--no-imu", "no_imu", is_flag=True,
+              help="No MPU-6050 answers on the I2C bus from power-on (a loose connector, "
+              "a brown-out): the firmware reports boot_error imu_not_found, sounds the "
+              "alarm and, off its home switch, returns blind to it.")
+def sim_board(board, seed, start_angle_deg, world_data, no_imu):
     from invtable.host import micropython as mpy
     from invtable.host.vboard import VirtualBoard, VirtualBoardError
 
     if world_data is not None:
         make_world(load_board(board), world_data)  # check it here: one line, exit 2
     vb = VirtualBoard(board, seed=seed, start_angle_deg=start_angle_deg, world=world_data,
-                      log=sys.stderr, on_note=_note)
+                      imu=not no_imu, log=sys.stderr, on_note=_note)
     try:
         vb.start()
     except (VirtualBoardError, mpy.MicroPythonUnavailable) as error:

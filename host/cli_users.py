@@ -438,6 +438,9 @@ def status(opts):
         rows.append(("last session", escape(str(last_end))))
     if data.get("last_error"):
         rows.append(("last error", f"[red]{escape(str(data['last_error']))}[/]"))
+    if data.get("boot_errors"):
+        rows.append(("boot errors", f"[red]{escape(', '.join(data['boot_errors']))}[/] "
+                                    "(see README: fault codes)"))
     if data.get("uptime_ms") is not None:
         rows.append(("uptime", seconds(data["uptime_ms"] // 1000 * 1000)))
     for key, label in (("settings_status", "settings"), ("log_status", "log")):

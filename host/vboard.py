@@ -68,6 +68,7 @@ class VirtualBoard:
         start_angle_deg: float | None = None,
         world: dict | None = None,
         commissioned: bool | None = None,
+        imu: bool = True,
         heap_bytes: int = 8 * 1024 * 1024,
         log=None,
         on_note=None,
@@ -79,6 +80,7 @@ class VirtualBoard:
         ``commissioned``: start with the calibration commissioning measures on
         this table on the flash; None = only without a world (a --world
         table waits for ``invtable setup``, as with ``sim serve``).
+        ``imu`` False: no MPU-6050 answers on the bus, from power-on.
         ``on_note(text)``: the board's answers to physical inputs (default:
         the log)."""
         self.board_name = board
@@ -89,6 +91,7 @@ class VirtualBoard:
             World.from_dict(world, self.board)  # WorldError before node starts
         self.world = world
         self.commissioned = world is None if commissioned is None else commissioned
+        self.imu = imu
         self.heap_bytes = heap_bytes
         self.log = log  # a text stream for the interpreter's diagnostics (stderr)
         self.on_note = on_note
@@ -133,6 +136,7 @@ class VirtualBoard:
             "seed": self.seed,
             "start_angle_deg": self.start_angle_deg,
             "world": self.world,
+            "imu": self.imu,
             "files": self.flash_files(),
         }
         control = [] if control_fd is None else ["--control", str(control_fd)]

@@ -232,7 +232,7 @@ def test_physical_inputs_reach_running_code_and_power_loss_reboots(micropython_s
             serial.close()
     assert notes[0] == "input: stop_down"
     assert notes[1].startswith("status: table -60.0 deg, drive 0 permille, GO released, "
-                               "STOP held, home switch closed, faults: none")
+                               "STOP held, home switch closed, beeper off, faults: none")
     assert notes[2:6] == ["input: stop_up", "input: go_down", "input: go_up", "input: go"]
     assert "GO released, STOP released" in notes[6]
     assert notes[7] == "input: power_loss (the board restarts)"

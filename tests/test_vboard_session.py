@@ -34,7 +34,8 @@ def invtable_cmd():
 class SimBoardProcess:
     """`invtable sim board` in a process: its port, its stdin, its stdout notes."""
 
-    def __init__(self, tmp_path, *args):
+    def __init__(self, tmp_path, *args, expect_boot_error=None):
+        self.expect_boot_error = expect_boot_error
         self.stderr_path = tmp_path / "stderr.txt"
         self._stderr = open(self.stderr_path, "w")  # noqa: SIM115 - closed in close()
         self.proc = subprocess.Popen(
@@ -72,6 +73,8 @@ class SimBoardProcess:
                 return note
 
     def deploy(self) -> float:
+        """`invtable deploy`; a board with a boot error to report (the
+        --no-imu one) must fail with exit 6 naming it, the firmware running."""
         started = time.monotonic()
         proc = subprocess.run(
             [*invtable_cmd(), "deploy", "--port", self.port, "--force-unverified"],
@@ -79,7 +82,11 @@ class SimBoardProcess:
             text=True,
             timeout=DEPLOY_TIMEOUT_S,
         )
-        assert proc.returncode == 0, proc.stdout + proc.stderr + self.stderr()
+        if self.expect_boot_error is None:
+            assert proc.returncode == 0, proc.stdout + proc.stderr + self.stderr()
+        else:
+            assert proc.returncode == 6, proc.stdout + proc.stderr + self.stderr()
+            assert self.expect_boot_error in proc.stderr, proc.stderr
         return time.monotonic() - started
 
     def close(self) -> int | None:
@@ -131,7 +138,9 @@ def at_home(board, banner: str, commissioned: bool, calibration_status: str) -> 
 
 @pytest.fixture(scope="module")
 def boards(micropython_setup, tmp_path_factory):
-    """{"commissioned": ..., "world": ...}: two deployed virtual boards."""
+    """{"commissioned": ..., "world": ..., "no_imu": ...}: three deployed
+    virtual boards (the last with no MPU-6050 on its bus, powered on at
+    +20 deg: a brown-out in the middle of a session)."""
     world_file = tmp_path_factory.mktemp("world") / "world.json"
     world_file.write_text(json.dumps({"rider_kg": 95}))
     made = {}
@@ -140,11 +149,15 @@ def boards(micropython_setup, tmp_path_factory):
         made["world"] = SimBoardProcess(
             tmp_path_factory.mktemp("world_board"), "--world", str(world_file)
         )
+        made["no_imu"] = SimBoardProcess(
+            tmp_path_factory.mktemp("no_imu"), "--no-imu", "--start-angle", "20",
+            expect_boot_error="imu_not_found",
+        )
         started = time.monotonic()
-        with ThreadPoolExecutor(2) as pool:
+        with ThreadPoolExecutor(len(made)) as pool:
             seconds = list(pool.map(SimBoardProcess.deploy, made.values()))
         print(
-            f"two deploys at once: {time.monotonic() - started:.1f} s "
+            f"{len(made)} deploys at once: {time.monotonic() - started:.1f} s "
             f"({', '.join(f'{s:.1f}' for s in seconds)} s each)"
         )
         yield made
@@ -238,3 +251,39 @@ def test_setup_on_the_world_board_then_go_starts_a_session(boards):
     assert moving["state"] in ("WARN", "RAMP") and moving["session"] is True, seen
     board.send("stop")
     wait_status(board.port, lambda s: s["state"] == "HOME", timeout_s=60)
+
+
+def table_note(board) -> dict:
+    """The `status` input's note about the table itself: angle, drive, switch."""
+    board.send("status")
+    note = board.wait_note("status: table ")
+    angle = float(note.split()[2])
+    drive = int(note.split("drive ")[1].split()[0])
+    return {"angle_deg": angle, "drive": drive, "home_closed": "home switch closed" in note,
+            "beeper": "beeper on" in note, "note": note}
+
+
+def test_without_an_imu_at_boot_the_board_sounds_the_alarm_and_returns_blind(boards):
+    """Under real MicroPython: the firmware finds no MPU-6050 on the bus,
+    reports it, and, as the home switch is open (the board powered on at
+    +20 deg), drives blind to it (README: imu_lost), alarm on. The return
+    starts at the deploy's reset, so it may be over by the time this runs:
+    the proof is a table that started at +20 deg resting on its home switch."""
+    board = boards["no_imu"]
+    data, _seen = wait_status(board.port, lambda s: s["state"] == "FAULT", timeout_s=30)
+    assert data["fault"] == "imu_lost" and data["boot_errors"] == ["imu_not_found"], data
+    deadline = time.monotonic() + 150
+    notes = []
+    while True:
+        now = table_note(board)
+        notes.append(now)
+        assert now["drive"] <= 0, now["note"]  # towards home only
+        if now["home_closed"] and now["drive"] == 0 and len(notes) >= 5:
+            break
+        assert time.monotonic() < deadline, notes[-3:]
+        time.sleep(0.5)
+    assert now["angle_deg"] < -55, now["note"]
+    assert any(n["beeper"] for n in notes), "no alarm"
+    data = status(board.port)
+    assert data["state"] == "FAULT" and data["fault"] == "imu_lost", data
+    print(f"no IMU: from +20 deg to the home switch; last: {now['note']}")
