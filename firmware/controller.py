@@ -34,6 +34,13 @@ from . import retry
 from .calibration import effective_board
 from .compat import const, ticks_diff
 from .fusion import AngleEstimator, Mounting
+from .home_check import (  # noqa: F401 - thresholds re-exported for the tests
+    EDGE_AGREE_MDEG,
+    HOME_AGREE_MDEG,
+    HOME_SWITCH_FAR_MDEG,
+    REST_CHECK_MS,
+    HomeSwitchCheck,
+)
 from .homing import BlindReturn, towards_home, way_home_cap_ms
 from .imu_health import F_IMU_IMPLAUSIBLE, F_IMU_LOST, F_IMU_STUCK, ImuHealth  # noqa: F401
 from .motion import Profile, braking_distance_mdeg
@@ -75,11 +82,9 @@ WARN_MS = const(2000)  # audible warning between GO and the first motion
 BOOT_SETTLE_MS = const(600)  # covers the estimator's start-up averaging (fusion)
 EXIT_PAUSE_ANGLE_MDEG = const(-5000)  # "near horizontal", head slightly up
 NEAR_HOME_MDEG = const(4000)  # the estimate agrees with the home switch within this
-HOME_SWITCH_FAR_MDEG = const(15000)  # switch closed this far above home = switch fault
 CREEP_SPEED_MDEG_S = const(1000)  # final approach into the home switch
 HOME_SEEK_MS = const(6000)  # how long to creep for the switch before a fault
 HOMEWARD_MS = const(200)  # driven towards home this long (2 actuator lags) before "home"
-HOME_OPEN_FAULT_MS = const(300)  # switch open at rest at home this long = switch fault
 REST_READY_TIMEOUT_MS = const(300000)  # rest over, no GO within 5 min: session ends
 # The exit pause starts when the table is within this of the pause angle.
 PAUSE_REACHED_MDEG = const(1000)
@@ -96,14 +101,6 @@ FOLLOW_WAIT_MDEG = const(2000)
 FOLLOW_RESUME_MDEG = const(1000)
 FOLLOW_FAULT_MS = const(6000)
 WAIT_SPEED_MDEG_S = const(100)
-# At rest at home the estimate must agree with the commissioned home angle
-# within HOME_AGREE_MDEG (the rest position itself varies by about the
-# switch's travel); where the home switch opens leaving home and closes
-# coming back must agree with commissioning within EDGE_AGREE_MDEG. Beyond
-# either, GO is refused (go_refused_calibration_changed): run setup again.
-HOME_AGREE_MDEG = const(2500)
-EDGE_AGREE_MDEG = const(700)
-REST_CHECK_MS = const(1000)  # at rest this long before the rest check
 # Feedback: permille of drive per mdeg of tracking error (1 deg error ->
 # about 2 deg/s of correction on a 12 deg/s actuator).
 _KP_NUM = const(1)
@@ -140,8 +137,9 @@ class Controller:
         self.board = board
         self.dt_nominal_ms = 1000 // board["control_hz"]
         self.home_angle_mdeg = board["home_angle_mdeg"]
-        self.home_open_mdeg = board.get("home_open_mdeg")
-        self.home_close_mdeg = board.get("home_close_mdeg")
+        self.home_check = HomeSwitchCheck(
+            self.home_angle_mdeg, board.get("home_open_mdeg"), board.get("home_close_mdeg")
+        )
         self.max_accel_mdeg_s2 = board["max_accel_mdeg_s2"]
         self.actuator_speed_mdeg_s = board["actuator_speed_mdeg_s"]
         self.recovery_speed_mdeg_s = board["recovery_speed_mdeg_s"]
@@ -222,7 +220,6 @@ class Controller:
         self.imu_health = ImuHealth()
         self.overload = OverloadMonitor()
         self.retry_return = RetryReturn()
-        self._home_open_ms = 0
         self._homeward_ms = 0
         # fault return
         self._go_home_mode = _GO_HOME_NONE
@@ -324,10 +321,9 @@ class Controller:
             else:
                 self._latch(F_OVERLOAD, _GO_HOME_RETRY)
             return
-        far = est.angle_mdeg > self.home_angle_mdeg + HOME_SWITCH_FAR_MDEG
         # (Not commissioned: the angle may be read on the wrong axes, so it
         # cannot accuse the switch; GO is refused anyway.)
-        if self.home.level and far and self.commissioned:
+        if self.commissioned and self.home_check.closed_far(self.home.level, est.angle_mdeg):
             self._latch(F_HOME_STUCK_CLOSED, _GO_HOME_TRUSTED)
             return
         self._check_stall(dt)
@@ -336,8 +332,8 @@ class Controller:
         """Faults that arrive during a fault's trusted or retry return."""
         if self._go_home_mode != _GO_HOME_TRUSTED:
             return
-        far = self.estimator.angle_mdeg > self.home_angle_mdeg + HOME_SWITCH_FAR_MDEG
-        if self.home.level and far and not self._switch_doubted:
+        far = self.home_check.closed_far(self.home.level, self.estimator.angle_mdeg)
+        if far and not self._switch_doubted:
             self._switch_doubted = True  # the switch lies: home by the angle
             self.fault_chain.append(F_HOME_STUCK_CLOSED)
         if self.overload.tripped:
@@ -559,22 +555,16 @@ class Controller:
             return
         if not now and self._state_ms < REST_CHECK_MS:
             return
-        error = self.estimator.angle_mdeg - self.home_angle_mdeg
-        if error > HOME_AGREE_MDEG or error < -HOME_AGREE_MDEG:
+        if self.home_check.rest_disagrees(self.estimator.angle_mdeg):
             self.calibration_changed = True
 
     def _check_home_edge(self, closed):
         """The raw home switch changed: is the table where commissioning saw it do so?"""
         if closed:
-            expected = self.home_close_mdeg
-            moving = self.drive < 0 and (self.state == RETURN)
+            moving = self.drive < 0 and self.state == RETURN
         else:
-            expected = self.home_open_mdeg
             moving = self.drive > 0 and self.state == RAMP
-        if expected is None or not moving:
-            return
-        error = self.estimator.angle_mdeg - expected
-        if error > EDGE_AGREE_MDEG or error < -EDGE_AGREE_MDEG:
+        if moving and self.home_check.edge_disagrees(closed, self.estimator.angle_mdeg):
             self.calibration_changed = True
             self._warn("calibration_changed")
             if self.state == RAMP:
@@ -584,11 +574,7 @@ class Controller:
         """At rest at home the switch must stay closed: opening for 300 ms while
         the angle still says home is a switch (or wiring) fault."""
         near_home = self.estimator.angle_mdeg <= self.home_angle_mdeg + NEAR_HOME_MDEG
-        if self.home.level or not near_home:
-            self._home_open_ms = 0
-            return False
-        self._home_open_ms += self._dt_ms
-        if self._home_open_ms >= HOME_OPEN_FAULT_MS:
+        if self.home_check.opened_at_rest(self.home.level, near_home, self._dt_ms):
             self._latch(F_HOME_OPEN, _GO_HOME_NONE)
             return True
         return False

@@ -1,12 +1,19 @@
 """Unit tests of the small protections and the retry way home, each driven
-directly (firmware/imu_health.py, overload.py, retry.py): their thresholds are
-named constants and a failure points at one of them."""
+directly (firmware/imu_health.py, overload.py, home_check.py, retry.py):
+their thresholds are named constants and a failure points at one of them."""
 
 import pytest
 
 from invtable.boards.esp32_devkitc import BOARD
 from invtable.firmware import retry
 from invtable.firmware.fusion import AngleEstimator, Mounting
+from invtable.firmware.home_check import (
+    EDGE_AGREE_MDEG,
+    HOME_AGREE_MDEG,
+    HOME_OPEN_FAULT_MS,
+    HOME_SWITCH_FAR_MDEG,
+    HomeSwitchCheck,
+)
 from invtable.firmware.imu_health import (
     F_IMU_IMPLAUSIBLE,
     F_IMU_LOST,
@@ -160,3 +167,39 @@ def test_a_slow_retry_is_judged_over_a_window_its_speed_can_show_progress_in(spe
     window = max(RETRY_CHECK_MS, 4 * 1000 * 1000 // speed_mdeg_s)
     assert frozen[-1][1] == retry.GIVE_UP
     assert frozen[-1][0] <= RETRY_PAUSE_MS + window + DT
+
+
+# ------------------------------------------------------------- home switch
+HOME = -60000
+
+
+def test_a_switch_closed_far_above_home_is_caught_and_near_home_is_not():
+    check = HomeSwitchCheck(HOME)
+    assert not check.closed_far(True, HOME + HOME_SWITCH_FAR_MDEG)
+    assert check.closed_far(True, HOME + HOME_SWITCH_FAR_MDEG + 1)
+    assert not check.closed_far(False, 30000)  # open far from home is normal
+
+
+def test_a_switch_open_at_rest_at_home_faults_only_after_its_time():
+    check = HomeSwitchCheck(HOME)
+    for _ in range(HOME_OPEN_FAULT_MS // DT - 1):
+        assert not check.opened_at_rest(False, True, DT)
+    assert not check.opened_at_rest(True, True, DT)  # closed again: the count restarts
+    for _ in range(HOME_OPEN_FAULT_MS // DT - 1):
+        assert not check.opened_at_rest(False, True, DT)
+    assert not check.opened_at_rest(False, False, DT)  # not at home: not this fault
+    for _ in range(HOME_OPEN_FAULT_MS // DT - 1):
+        assert not check.opened_at_rest(False, True, DT)
+    assert check.opened_at_rest(False, True, DT)
+
+
+def test_rest_and_edges_must_agree_with_commissioning():
+    check = HomeSwitchCheck(HOME, open_edge_mdeg=HOME + 1200, close_edge_mdeg=HOME + 900)
+    assert not check.rest_disagrees(HOME + HOME_AGREE_MDEG)
+    assert check.rest_disagrees(HOME - HOME_AGREE_MDEG - 1)
+    assert not check.edge_disagrees(False, HOME + 1200 + EDGE_AGREE_MDEG)
+    assert check.edge_disagrees(False, HOME + 1200 + EDGE_AGREE_MDEG + 1)
+    assert not check.edge_disagrees(True, HOME + 900 - EDGE_AGREE_MDEG)
+    assert check.edge_disagrees(True, HOME + 900 - EDGE_AGREE_MDEG - 1)
+    # Edges commissioning did not measure accuse nothing.
+    assert not HomeSwitchCheck(HOME).edge_disagrees(True, HOME + 20000)
