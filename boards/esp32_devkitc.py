@@ -20,8 +20,9 @@ BOARD = {
     # Control loop rate. 50 Hz = 20 ms per tick: fast enough for a table that
     # moves at most 10 deg/s (0.2 deg per tick), slow enough for MicroPython.
     "control_hz": 50,
-    # Hardware watchdog: a hung loop keeps its last drive command until this
-    # expires (at most 5 deg of travel at the 10 deg/s cap), then the board resets.
+    # Hardware watchdog: resets a hung loop's board. The motor stops before:
+    # a drive command lapses after 100 ms unless renewed (hal.DRIVE_DEADLINE_MS),
+    # at most 2 deg of travel at the 10 deg/s cap with this actuator's lag.
     "wdt_timeout_ms": 500,
     # Geometry and hard caps: the serial line can never exceed these.
     "home_angle_mdeg": -60000,  # upright loading position, at the home switch
@@ -31,6 +32,10 @@ BOARD = {
     "actuator_speed_mdeg_s": 12000,  # table speed at full drive, no load
     "actuator_lag_ms": 100,  # time constant of the actuator's response to drive
     "recovery_speed_mdeg_s": 2000,  # slow return when the angle is not trusted
+    # Exposure caps no user's limit may exceed: inverted time per session (the
+    # manuals' "up to 10 minutes") and per user per day (firmware/exposure.py).
+    "max_inverted_ms": 600000,
+    "max_daily_inverted_ms": 1200000,
     "imu": {
         "type": "mpu6050",
         "i2c_id": 0,
@@ -58,4 +63,9 @@ BOARD = {
     "home_pin": 13,
     "beeper_pin": 18,
     "led_pin": 19,
+    # Optional dead-man grip: a normally-open hand switch the rider holds,
+    # GPIO14 -> GND (internal pull-up; an open wire reads as released). With it
+    # a session starts only with the grip held and returns home when it is let
+    # go for more than 1 s. None = no grip fitted.
+    "grip_pin": None,
 }

@@ -35,8 +35,12 @@ BOARD = {
     "actuator_speed_mdeg_s": 12000,  # table speed at full drive, no load
     "actuator_lag_ms": 100,  # time constant of the actuator's response to drive
     "recovery_speed_mdeg_s": 2000,  # slow return when the angle is not trusted
-    # A hung loop keeps the last drive command until the watchdog resets the
-    # chip: at the 10 deg/s cap, 500 ms is at most 5 degrees of unwanted travel.
+    # Exposure caps no user's limit may exceed: inverted time per session (the
+    # manuals' "up to 10 minutes") and per user per day (firmware/exposure.py).
+    "max_inverted_ms": 600000,
+    "max_daily_inverted_ms": 1200000,
+    # The watchdog resets a hung loop's chip; the motor stops before: a drive
+    # command lapses after 100 ms unless renewed (hal.DRIVE_DEADLINE_MS).
     "wdt_timeout_ms": 500,
     "imu": {
         "type": "mpu6050",
@@ -61,4 +65,9 @@ BOARD = {
     "home_pin": 12,
     "beeper_pin": 13,
     "led_pin": 14,
+    # Optional dead-man grip: a normally-open hand switch the rider holds,
+    # GPIO15 -> GND (internal pull-up; an open wire reads as released). With it
+    # a session starts only with the grip held and returns home when it is let
+    # go for more than 1 s. None = no grip fitted.
+    "grip_pin": None,
 }

@@ -87,6 +87,15 @@ def _check_caps(board, problems):
             "recovery_speed_mdeg_s must be an integer in (0, max_speed_mdeg_s], got %r"
             % (recovery,)
         )
+    session_cap = board.get("max_inverted_ms", 600000)
+    if not _is_int(session_cap) or not 10000 <= session_cap <= 3600000:
+        problems.append("max_inverted_ms must be an integer in [10000, 3600000], got %r"
+                        % (session_cap,))
+        session_cap = 10000
+    daily_cap = board.get("max_daily_inverted_ms", 1200000)
+    if not _is_int(daily_cap) or not session_cap <= daily_cap <= 86400000:
+        problems.append("max_daily_inverted_ms must be an integer in [max_inverted_ms, "
+                        "86400000], got %r" % (daily_cap,))
     wdt = board.get("wdt_timeout_ms")
     if wdt is not None and (not _is_int(wdt) or not 500 <= wdt <= 10000):
         problems.append("wdt_timeout_ms must be an integer in [500, 10000], got %r" % (wdt,))
@@ -240,5 +249,7 @@ def validate_board(board):
         ("beeper_pin", board.get("beeper_pin"), "out"),
         ("led_pin", board.get("led_pin"), "out"),
     ]
+    if board.get("grip_pin") is not None:  # optional dead-man grip, NO contact to GND
+        pins.append(("grip_pin", board.get("grip_pin"), "pullup"))
     _check_pins(pins, board, chip, problems)
     return problems

@@ -12,7 +12,9 @@ from . import calibration, storage
 from .auth import AUTH_FILE, Auth
 from .compat import const, ticks_diff
 from .controller import END_COMPLETED, F_CRASH, F_SETUP_LEFT, HOME, Controller, Inputs
+from .exposure import EXPOSURE_FILE, DailyExposure, day_number
 from .last_resort import LastResort
+from .program import DEFAULT_MAX_DAILY_INVERTED_MS
 from .sessionlog import LOG_FILE, SessionLog
 from .settings import DEFAULTS_CORRUPT, SETTINGS_FILE, Settings
 
@@ -54,7 +56,7 @@ def random_bytes(n, ticks_ms=None):
 
 
 # Every file the firmware saves with storage.save (write .new, then rename).
-_SAVED_FILES = (SETTINGS_FILE, AUTH_FILE, LOG_FILE, MARKER_FILE)
+_SAVED_FILES = (SETTINGS_FILE, AUTH_FILE, LOG_FILE, MARKER_FILE, EXPOSURE_FILE)
 
 
 def _interrupted_writes(fs):
@@ -79,6 +81,7 @@ class App:
         except Exception:  # noqa: BLE001 - the loop must run regardless
             self.calib, self.calib_status = None, calibration.CORRUPT
         self.ctl = Controller(board, self.calib)
+        self._grip = getattr(hal, "grip", None)
         self.setup = None  # commission.Commissioning while `invtable setup` runs
         self.setup_last = None  # its final status, for the host once it ended
         if reset_fault is not None:
@@ -99,6 +102,7 @@ class App:
         self._tick_ms = 1000 // board["control_hz"]
         self.epoch_s_at_set = None  # clock.set: epoch seconds...
         self._uptime_s_at_set = 0  # ...at this uptime
+        self.utc_offset_s = 0  # ...and the host's offset from UTC (for "today")
         self._session_start_s = None
         self.ended_entry = None  # the last log entry written, for the session_end event
         # Before anything loads (loading clears them): files whose last save
@@ -106,6 +110,16 @@ class App:
         # lost change is reported in the boot event and in status.
         self.interrupted_writes = _interrupted_writes(hal.fs)
         self.log = SessionLog(hal.fs)
+        # Each user's inverted time today (exposure.py), for the daily cap.
+        self.exposure = DailyExposure(hal.fs)
+        self.daily_cap_ms = board.get("max_daily_inverted_ms", DEFAULT_MAX_DAILY_INVERTED_MS)
+        try:
+            if self.exposure.load() == storage.CORRUPT:
+                self.exposure.charge_all_for_a_day(self.daily_cap_ms, self.board_age_ms(),
+                                                   self.day())
+        except Exception as error:  # noqa: BLE001 - the loop must run regardless
+            self.last_error = "exposure: %s: %s" % (type(error).__name__, error)
+        self.ctl.daily_remaining = self.daily_remaining_ms
         self.interrupted = self._record_interrupted_session()
         self.settings = None
         self.settings_status = DEFAULTS_CORRUPT
@@ -149,6 +163,9 @@ class App:
             "interrupted_writes": self.interrupted_writes,
             "commissioned": ctl.commissioned,
             "calibration_status": self.calib_status,
+            "daily_used_ms": self.daily_used_ms(),
+            "daily_limit_ms": self.daily_limit_ms(),
+            "check_in_waiting": ctl.check_in.waiting,
             # What main.py found at boot and ran on anyway (imu_not_found).
             "boot_errors": [code for code, _ in getattr(self.hal, "boot_errors", ())],
         }
@@ -183,10 +200,37 @@ class App:
         self._apply_settings()
 
     # ----------------------------------------------------------------- clock
-    def set_clock(self, epoch_s):
-        """The host's wall clock (UTC seconds), for the log's start_s."""
+    def set_clock(self, epoch_s, utc_offset_s=0):
+        """The host's wall clock (UTC seconds), for the log's start_s, and its
+        offset from UTC, for the calendar day of the daily cap."""
         self.epoch_s_at_set = epoch_s
         self._uptime_s_at_set = self.uptime_s
+        self.utc_offset_s = utc_offset_s
+
+    def board_age_ms(self):
+        """The board's powered-on time over all its boots (exposure.py)."""
+        return self.exposure.age_base_ms + self.uptime_ms
+
+    def day(self):
+        return day_number(self.epoch_s(), self.utc_offset_s)
+
+    def daily_limit_ms(self, limits=None):
+        """The active user's daily allowance: the board's cap, or the user's
+        own daily limit if lower."""
+        if limits is None:
+            limits = self._program[1] if self._program is not None else {}
+        own = limits.get("max_daily_inverted_ms")
+        cap = self.daily_cap_ms
+        return own if own is not None and own < cap else cap
+
+    def daily_used_ms(self, user=None):
+        return self.exposure.used_ms(user or self._user, self.board_age_ms(), self.day())
+
+    def daily_remaining_ms(self):
+        """What is left of today's allowance for the active user (asked by the
+        controller at the GO that opens a session)."""
+        left = self.daily_limit_ms() - self.daily_used_ms()
+        return left if left > 0 else 0
 
     def epoch_s(self):
         """Wall-clock seconds now, or None if the host never set the clock."""
@@ -302,7 +346,15 @@ class App:
         if ctl.session is not None and not self._in_session:
             self._in_session = True
             self._session_start_s = self.epoch_s()
-            # At home and not yet moving (WARN): a safe moment to write.
+            # At home and not yet moving (WARN): a safe moment to write. The
+            # session's whole budget is charged to today first: a power cut
+            # from here on never gives the rider more than the daily cap.
+            try:
+                self.exposure.reserve(self._user, ctl.session.max_inverted_ms,
+                                      self.board_age_ms(), self.day())
+            except OSError as error:
+                self.last_error = "exposure: %s" % error
+                ctl.remote_stop()  # unrecorded, it must not start: back to HOME
             marker = {"user": self._user, "uptime_ms": self.uptime_ms}
             storage.save(self.hal.fs, MARKER_FILE, marker)
         if ctl.session_ended:
@@ -318,7 +370,16 @@ class App:
             entry["inverted_ms"] = ctl.inverted_ms
             if ctl.max_angle_mdeg > entry["max_angle_mdeg"]:
                 entry["max_angle_mdeg"] = ctl.max_angle_mdeg
+            age_ms, day = self.board_age_ms(), self.day()
+            self.exposure.settle(entry["user"], ctl.inverted_ms, age_ms, day)
+            entry["daily_ms"] = self.daily_used_ms(entry["user"])
             self.log.append(entry)
+            # After the log: a power cut between the two leaves the reservation
+            # on flash (more than was used, never less).
+            try:
+                self.exposure.save(age_ms, day)
+            except OSError as error:
+                self.last_error = "exposure: %s" % error
             self.hal.fs.remove(MARKER_FILE)
             self.ended_entry = entry
             self._progress(entry)
@@ -355,6 +416,8 @@ class App:
         inp.stop = hal.stop.pressed()
         inp.home = hal.home.closed()
         inp.overload = hal.actuator.overloaded()
+        grip = self._grip
+        inp.grip = grip is not None and grip.pressed()
         if self.setup is not None:
             setup = self.setup
             self._setup_tick(self._tick_ms)
@@ -420,6 +483,7 @@ class App:
         """A fresh controller on the current calibration, with the program
         (and, after a crash, the rider's exposure so far)."""
         self.ctl = Controller(self.board, self.calib)
+        self.ctl.daily_remaining = self.daily_remaining_ms
         if old is not None:
             self.ctl.inherit(old)
         if boot_fault is not None:

@@ -47,6 +47,7 @@ from .motion import Profile, braking_distance_mdeg
 from .overload import F_OVERLOAD, OverloadMonitor
 from .program import Session
 from .retry import RETRY_CHECK_MS, RETRY_PAUSE_MS, RetryReturn  # noqa: F401
+from .rider import END_GRIP_RELEASED, END_NO_RESPONSE, CheckIn, Grip  # noqa: F401
 from .stall import StallMonitor
 from .switches import Debounced, GoButton
 from .tracking import TableSpeed, followable
@@ -79,6 +80,9 @@ F_CANNOT_FOLLOW = "cannot_follow"  # the table moves, but persistently slower th
 F_SETUP_LEFT = "setup_left_away"  # commissioning was left with the table away from home
 
 WARN_MS = const(2000)  # audible warning between GO and the first motion
+# A session needs at least this much of the user's daily allowance left
+# (the shortest per-session limit a user may have).
+DAILY_MIN_SESSION_MS = const(10000)
 BOOT_SETTLE_MS = const(600)  # covers the estimator's start-up averaging (fusion)
 EXIT_PAUSE_ANGLE_MDEG = const(-5000)  # "near horizontal", head slightly up
 NEAR_HOME_MDEG = const(4000)  # the estimate agrees with the home switch within this
@@ -123,6 +127,7 @@ class Inputs:
         self.stop = True  # fail-safe until the first real read
         self.home = False
         self.overload = False
+        self.grip = False  # the dead-man grip held (read only with a grip_pin)
 
 
 class Controller:
@@ -188,6 +193,15 @@ class Controller:
         # STOP: pressed on the first sample; "released" only after 200 ms stable.
         self.stop = Debounced(1, max(2, 200 // self.dt_nominal_ms), initial=True)
         self.home = Debounced(debounce_ticks, debounce_ticks, initial=False)
+        # The rider who cannot press STOP (rider.py): check-ins always, the
+        # dead-man grip when the board has one.
+        self.check_in = CheckIn()
+        self.grip_fitted = board.get("grip_pin") is not None
+        self.grip_in = Debounced(debounce_ticks, debounce_ticks, initial=False)
+        self.grip = Grip()
+        # The App's daily allowance: a function -> ms left today for the
+        # active user, asked at each GO that opens a session (None: no limit).
+        self.daily_remaining = None
 
         self.session = None  # program.Session while a session is open
         self._pending = None  # (program, limits) for the next GO
@@ -270,6 +284,8 @@ class Controller:
         self.stop.update(inp.stop or self._remote_stop)
         self._remote_stop = False
         self.home.update(inp.home)
+        if self.grip_fitted:
+            self.grip_in.update(inp.grip)
         self.overload.update(inp.overload, self.power)
         self.imu_health.sense(inp.imu_ok, inp.raw, self.estimator, dt)
         self._check_faults(inp, dt)  # in FAULT too: a further fault changes the way home
@@ -447,10 +463,12 @@ class Controller:
         self.end_reason = reason
         self.session_ended = True
         self.session = None
+        self.check_in.stop()
 
     def _begin_return(self, reason):
         """Leave RAMP/HOLD for home; ``reason`` is how the session will end."""
         self._hold_end_reason = reason
+        self.check_in.stop()
         self._ceiling = self.drive if self.drive > 0 else 0
         self._pause_done = self.session is None or self.session.exit_pause_ms == 0
         self._seek_ms = 0
@@ -586,7 +604,14 @@ class Controller:
             return
         program, limits = self._pending
         if self.state == HOME:
+            remaining = None if self.daily_remaining is None else self.daily_remaining()
+            if remaining is not None and remaining < DAILY_MIN_SESSION_MS:
+                self._warn("go_refused_daily_limit")
+                return
             self.session = Session(program, limits, self.board)
+            if remaining is not None and remaining < self.session.max_inverted_ms:
+                # The session's budget is what is left of today's allowance.
+                self.session.max_inverted_ms = remaining
             self.speed.reset_session()
             self.sets_done = 0
             self.inverted_ms = 0
@@ -594,6 +619,7 @@ class Controller:
             self.end_reason = None
         self.warning = None
         self.profile.reset(self.estimator.angle_mdeg)
+        self.grip.reset()
         self._enter(WARN)
 
     def _start_refusal(self):
@@ -613,6 +639,8 @@ class Controller:
             return "go_refused_not_home"
         if self.state == REST and self._state_ms < self.session.rest_ms:
             return "go_refused_resting"
+        if self.grip_fitted and not self.grip_in.level:
+            return "go_refused_grip_released"
         return None
 
     def _run_warn(self):
@@ -620,13 +648,17 @@ class Controller:
         if self.stop.level:
             self._cancel_at_home()
             return
+        if self.grip_fitted and self.grip.update(self._dt_ms, self.grip_in.level):
+            self._cancel_at_home(END_GRIP_RELEASED)
+            return
         if self._state_ms >= WARN_MS:
             self.target_mdeg = self.session.angle_mdeg
+            self.check_in.start(self.session.check_in_ms)
             self._enter(RAMP)
 
-    def _cancel_at_home(self):
+    def _cancel_at_home(self, reason=END_STOPPED):
         if self.session is not None:
-            self._end_session(END_STOPPED)
+            self._end_session(reason)
         self._enter(HOME)
 
     def _run_rest(self):
@@ -649,6 +681,17 @@ class Controller:
             return
         if self._return_due():
             self._begin_return(END_LIMIT)
+            self._run_return(dt)
+            return
+        # The rider who cannot press STOP: let go of the grip, or no answer
+        # to a check-in. A GO tap here only ever answers a check-in.
+        rider_gone = None
+        if self.grip_fitted and self.grip.update(dt, self.grip_in.level):
+            rider_gone = END_GRIP_RELEASED
+        elif self.check_in.update(dt, self.go.pressed):
+            rider_gone = END_NO_RESPONSE
+        if rider_gone is not None:
+            self._begin_return(rider_gone)
             self._run_return(dt)
             return
         profile = self.profile
@@ -939,6 +982,9 @@ class Controller:
             self.led = self.beep
         elif state == WARN:
             self.beep = (t // 250) % 2 == 0
+            self.led = True
+        elif self.check_in.waiting and (state == RAMP or state == HOLD):
+            self.beep = self.check_in.chirp()  # tap GO to answer
             self.led = True
         else:
             self.beep = self.warning is not None and self._warning_ms < 150

@@ -531,6 +531,9 @@ def build(board, fs_root="", imu_sleep_ms=None, link=None, allow_missing_imu=Fal
         actuator.off()
         go = Button(board["go_pin"], 0)  # NO contact: closed = low = pressed
         stop = Button(board["stop_pin"], 1)  # NC contact: open = high = pressed
+        grip = None
+        if board.get("grip_pin") is not None:
+            grip = Button(board["grip_pin"], 0)  # NO: held = low; an open wire = released
         home = HomeSwitch(board["home_pin"])
         indicator = Indicator(board["beeper_pin"], board["led_pin"])
         imu_cfg = board["imu"]
@@ -560,6 +563,7 @@ def build(board, fs_root="", imu_sleep_ms=None, link=None, allow_missing_imu=Fal
         fs=Fs(fs_root),
         wdt=wdt,
         link=link if link is not None else UsbSerialLink(),
+        grip=grip,
     )
     hal.console = Console()
     hal.board = board

@@ -52,6 +52,10 @@ fs
 wdt
     ``feed()``: the hardware watchdog; fed only by a healthy loop.
 
+grip (optional, None without a ``grip_pin``)
+    ``pressed()`` -> bool: the rider's dead-man grip is held (a normally-open
+    contact: an open wire reads as released).
+
 link (optional)
     The serial line: ``read_byte()`` -> int 0..255, or -1 when nothing is
     waiting (never blocks); ``write(data)`` queues bytes for the host.
@@ -67,7 +71,9 @@ DRIVE_DEADLINE_MS = 100
 class Hal:
     """The bundle of hardware objects handed to the controller."""
 
-    def __init__(self, clock, imu, actuator, go, stop, home, indicator, fs, wdt, link=None):
+    def __init__(self, clock, imu, actuator, go, stop, home, indicator, fs, wdt, link=None,
+                 grip=None):
+        self.grip = grip
         self.clock = clock
         self.imu = imu
         self.actuator = actuator

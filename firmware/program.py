@@ -6,6 +6,10 @@ here above the board's caps.
 """
 
 
+DEFAULT_MAX_INVERTED_MS = 600000  # a board file without max_inverted_ms
+DEFAULT_MAX_DAILY_INVERTED_MS = 1200000  # ... without max_daily_inverted_ms
+
+
 def _bounded(value, low, high):
     value = int(value)
     if value < low:
@@ -24,8 +28,15 @@ class Session:
         speed_cap = _bounded(limits["max_speed_mdeg_s"], 100, board["max_speed_mdeg_s"])
         self.speed_mdeg_s = _bounded(program["speed_mdeg_s"], 100, speed_cap)
         self.accel_mdeg_s2 = board["max_accel_mdeg_s2"]
-        self.max_inverted_ms = _bounded(limits["max_inverted_ms"], 0, 3600000)
+        # The board's hard cap on one session's inverted time (the manuals'
+        # "up to 10 minutes"); a board file without one gets that.
+        inverted_cap = board.get("max_inverted_ms", DEFAULT_MAX_INVERTED_MS)
+        self.max_inverted_ms = _bounded(limits["max_inverted_ms"], 0, inverted_cap)
         self.hold_ms = _bounded(program["hold_ms"], 0, 3600000)
         self.sets = _bounded(program["sets"], 1, 20)
         self.rest_ms = _bounded(program["rest_ms"], 0, 3600000)
         self.exit_pause_ms = _bounded(program.get("exit_pause_ms", 0), 0, 600000)
+        # Rider check-ins (rider.CheckIn): 0 = off; limits without the field
+        # (older callers) have none.
+        check_in = limits.get("check_in_ms", 0)
+        self.check_in_ms = 0 if check_in <= 0 else _bounded(check_in, 10000, 600000)

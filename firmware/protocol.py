@@ -30,6 +30,7 @@ import sys
 from .auth import AuthError
 from .compat import const, ticks_diff
 from .controller import HOME
+from .program import DEFAULT_MAX_INVERTED_MS
 from .settings import (
     LIMIT_FIELDS,
     MAX_USERS,
@@ -101,7 +102,7 @@ _COMMANDS = {
     "pin.change": ("_cmd_pin_change", {"pin": _STR, "new_pin": _STR}, _NO_ARGS, True, True),
     "log.read": ("_cmd_log_read", _NO_ARGS, {"start": _INT, "count": _INT}, False, False),
     "log.clear": ("_cmd_log_clear", {"pin": _STR}, _NO_ARGS, True, True),
-    "clock.set": ("_cmd_clock_set", {"epoch_s": _INT}, _NO_ARGS, False, False),
+    "clock.set": ("_cmd_clock_set", {"epoch_s": _INT}, {"utc_offset_s": _INT}, False, False),
     # Commissioning (firmware/commission.py): start needs the admin PIN and
     # the table at rest at home (checked by App.start_setup); cancel is
     # always allowed, as STOP is.
@@ -479,6 +480,9 @@ class Protocol:
             "caps": {
                 "max_angle_mdeg": board["max_angle_mdeg"],
                 "max_speed_mdeg_s": board["max_speed_mdeg_s"],
+                "max_inverted_ms": board.get("max_inverted_ms", DEFAULT_MAX_INVERTED_MS),
+                "max_daily_inverted_ms": self.app.daily_cap_ms,
+                "grip": board.get("grip_pin") is not None,
             },
             "max_users": MAX_USERS,
             "line_max": LINE_MAX,
@@ -538,13 +542,17 @@ class Protocol:
         return {"rate_hz": rate}
 
     def _user_data(self, user):
-        settings = self.app.settings
+        app = self.app
+        settings = app.settings
         return {
             "name": user["name"],
             "limits": user["limits"],
             "program": user["program"],
             "progression": user["progression"],
             "active": user["name"] == settings.active_name(),
+            # Today's inverted time (exposure.py) against the daily allowance.
+            "daily_used_ms": app.daily_used_ms(user["name"]),
+            "daily_limit_ms": app.daily_limit_ms(user["limits"]),
         }
 
     def _cmd_user_list(self, args, now_ms):
@@ -629,8 +637,10 @@ class Protocol:
 
     def _cmd_clock_set(self, args, now_ms):
         epoch_s = _check_range("epoch_s", args["epoch_s"], EPOCH_MIN_S, EPOCH_MAX_S)
-        self.app.set_clock(epoch_s)
-        return {"epoch_s": epoch_s}
+        # The host's offset from UTC, for the calendar day of the daily cap.
+        offset = _check_range("utc_offset_s", args.get("utc_offset_s", 0), -50400, 50400)
+        self.app.set_clock(epoch_s, offset)
+        return {"epoch_s": epoch_s, "utc_offset_s": offset}
 
     # ---------------------------------------------------------------- events
     def _send_boot(self):

@@ -4,7 +4,9 @@ Entry (all fields required)::
 
     {"user": str, "start_s": epoch seconds (clock set by the host) or None,
      "uptime_ms": int, "max_angle_mdeg": int, "inverted_ms": int,
-     "end": one of ENDS, "fault": fault code str or None}
+     "end": one of ENDS, "fault": fault code str or None,
+     "daily_ms": the user's inverted time that day, this session included,
+                 or None (entries written before the daily cap)}
 
 Not used inside the control loop: a session's entry is appended once, when it
 has ended (or, at boot, for one that a reset interrupted).
@@ -14,7 +16,8 @@ from . import storage
 
 LOG_FILE = "sessions.json"
 MAX_ENTRIES = 50
-ENDS = ("completed", "stopped", "limit", "fault", "interrupted", "calibration_changed")
+ENDS = ("completed", "stopped", "limit", "fault", "interrupted", "calibration_changed",
+        "no_response", "grip_released")
 _TEXT_MAX_LEN = 32
 
 
@@ -53,6 +56,7 @@ def check_entry(entry):
         "inverted_ms": _int(entry, "inverted_ms", False, 0),
         "end": end,
         "fault": _text(entry, "fault", True),
+        "daily_ms": _int(dict(daily_ms=entry.get("daily_ms")), "daily_ms", True, 0),
     }
 
 

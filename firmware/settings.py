@@ -19,6 +19,8 @@ here, so a damaged settings file cannot reset it.
 """
 
 from . import storage
+from .program import DEFAULT_MAX_DAILY_INVERTED_MS, DEFAULT_MAX_INVERTED_MS
+from .rider import CHECK_IN_DEFAULT_MS, CHECK_IN_MAX_MS, CHECK_IN_MIN_MS
 
 SETTINGS_FILE = "settings.json"
 MAX_USERS = 8
@@ -33,9 +35,18 @@ DEFAULTS_CORRUPT = "defaults_corrupt"
 # Limits: (field, min, max, default). max None = the board's cap of that name.
 LIMIT_FIELDS = (
     ("max_angle_mdeg", 1000, None, 30000),  # beginners: 15..30 deg
-    ("max_inverted_ms", 10000, 900000, 120000),  # per session; beginners 30 s..2 min
+    ("max_inverted_ms", 10000, None, 120000),  # per session; beginners 30 s..2 min
     ("max_speed_mdeg_s", 1000, None, 4000),  # users 3..5 deg/s
+    ("max_daily_inverted_ms", 10000, None, 600000),  # per day, all sessions together
+    # Rider check-ins (firmware/rider.py): 0 = off, else 10..600 s; on for
+    # every new user, and for users stored before check-ins existed.
+    ("check_in_ms", 0, CHECK_IN_MAX_MS, CHECK_IN_DEFAULT_MS),
 )
+# Board caps a board file may leave out (older files): the firmware's defaults.
+_CAP_DEFAULTS = {
+    "max_inverted_ms": DEFAULT_MAX_INVERTED_MS,
+    "max_daily_inverted_ms": DEFAULT_MAX_DAILY_INVERTED_MS,
+}
 # Program: max None = the user's limit (itself capped by the board).
 PROGRAM_FIELDS = (
     ("angle_mdeg", 1000, None, 20000),
@@ -97,7 +108,7 @@ def check_name(name):
 
 
 def _cap(board, field):
-    cap = board.get(field)
+    cap = board.get(field, _CAP_DEFAULTS.get(field))
     if not _is_int(cap) or cap < 1000:
         raise ValueError("board " + field + " must be an integer >= 1000")
     return cap
@@ -139,6 +150,14 @@ def validate_limits(limits, board):
     out = {}
     for field, lo, hi, _default in LIMIT_FIELDS:
         out[field] = check_int(field, limits[field], lo, _cap(board, field) if hi is None else hi)
+    check_in = out["check_in_ms"]
+    if 0 < check_in < CHECK_IN_MIN_MS:
+        raise SettingsError(
+            "out_of_range",
+            "check_in_ms must be 0 (off) or " + str(CHECK_IN_MIN_MS) + ".." + str(CHECK_IN_MAX_MS)
+            + " (got " + str(check_in) + ")",
+            [CHECK_IN_MIN_MS, CHECK_IN_MAX_MS],
+        )
     return out
 
 
@@ -212,8 +231,10 @@ def parse_user(stored, board):
     """A stored user validated, with values clamped to the current board caps.
     Raises (KeyError, TypeError, SettingsError, ...) if it is not a sane user."""
     limits = {}
-    for field, _lo, hi, _default in LIMIT_FIELDS:
-        value = stored["limits"][field]
+    for field, _lo, hi, default in LIMIT_FIELDS:
+        # A field newer than the stored user (check-ins, the daily limit)
+        # takes its default for new users; never looser than the board's caps.
+        value = stored["limits"].get(field, default)
         if hi is None and _is_int(value) and value > _cap(board, field):
             value = _cap(board, field)
         limits[field] = value

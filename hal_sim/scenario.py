@@ -68,6 +68,7 @@ def build_hal(table, fs, imu=None):
         fs=fs,
         wdt=table.wdt,
         link=table.link,
+        grip=table.grip if table.board.get("grip_pin") is not None else None,
     )
 
 
@@ -300,8 +301,13 @@ def run(
     calibration=AUTO,
     commission=False,
     commission_world=None,
+    rider_answer_ms=None,
 ):
     """Run a scenario; ``sink(row)`` gets every trace row. Returns a summary dict.
+
+    The simulated rider (hal_sim/rider.py) answers each check-in the beeper
+    asks with a GO tap after a random 1-5 s, or ``rider_answer_ms`` (lo, hi),
+    until a ``faint`` event.
 
     ``auto_go``: a simulated rider presses GO at 1 s and again whenever a
     rest between sets is over. Defaults to on when ``events`` has no "go".
@@ -327,6 +333,8 @@ def run(
     sim = Scenario(
         board, program, limits, seed, rider_mass_kg, start_angle_deg, world, calibration
     )
+    if rider_answer_ms is not None:
+        sim.table.rider.answer_ms = rider_answer_ms
     limit_ms = int(duration_s * 1000) if duration_s is not None else 3600 * 1000
     settle_ms = int(settle_s * 1000)
     next_event = 0
@@ -381,6 +389,7 @@ def run(
         "log": sim.app.log.entries() if sim.app is not None else [],
         "last_error": sim.app.last_error if sim.app is not None else None,
         "warnings_seen": sim.warnings_seen,
+        "check_ins": {"heard": sim.table.rider.heard, "answered": sim.table.rider.answered},
     }
     if commissioning is not None:
         summary["commissioning"] = {

@@ -50,6 +50,10 @@ Physical inputs, one per line on stdin:
   imu_disconnect imu_stuck imu_spike imu_drift stall overload stop_wire_cut
   stop_wire_repair home_switch_fail home_switch_stuck_closed
                 inject that hardware fault (see `invtable sim run --help`)
+  faint         the rider answers no check-in any more and lets go of the grip
+                (otherwise the simulated rider taps GO 1-5 s after each chirp)
+  grip_release / grip_hold   the rider lets go of / takes the dead-man grip
+                (read only by a board with a grip_pin: `sim serve --grip`)
   status        print the firmware's status on stdout
   quit          shut down (as do SIGTERM, SIGINT and Ctrl-C)
 End of stdin does not stop the server."""

@@ -17,6 +17,7 @@ from .devices import (
 )
 from .imu import SimImu
 from .physics import TablePhysics
+from .rider import SimRider
 from .rng import Rng
 from .world import World
 
@@ -41,6 +42,9 @@ class SimTable:
         "stop",
         "stop_down",
         "stop_up",
+        "faint",
+        "grip_release",
+        "grip_hold",
     )
 
     def __init__(self, board, seed=0, rider_mass_kg=80.0, start_angle_deg=None, world=None,
@@ -62,6 +66,11 @@ class SimTable:
         self.imu = SimImu(self.physics, world.imu_mounting(), self.rng)
         self.actuator = SimActuator(self.physics, self.clock, drive_deadline_ms)
         self.go = SimButton()
+        # The rider (hal_sim/rider.py): hears the beeper, answers check-ins
+        # with GO, holds the dead-man grip (read only if the board has one).
+        self.rider = SimRider(seed)
+        self.grip = SimButton()
+        self.grip.held = True
         self.stop = SimStopButton()
         self.home = SimHomeSwitch(self.physics, world.home_angle_mdeg)
         self.indicator = SimIndicator()
@@ -85,6 +94,11 @@ class SimTable:
         if self._stop_release_ms is not None and now_ms >= self._stop_release_ms:
             self.stop.release()
             self._stop_release_ms = None
+        rider = self.rider
+        rider.hear(now_ms, self.indicator.beep)
+        if rider.taps_go(now_ms):
+            self.inject("go")
+        self.grip.held = rider.grip_held
 
     def inject(self, action):
         if action not in self.ACTIONS:
@@ -124,6 +138,12 @@ class SimTable:
         elif action == "stop_up":
             self.stop.release()
             self._stop_release_ms = None
+        elif action == "faint":
+            self.rider.faint()
+        elif action == "grip_release":
+            self.rider.grip_held = False
+        elif action == "grip_hold":
+            self.rider.grip_held = True
 
     def clear_faults(self):
         """Undo every injected hardware fault (not button states)."""

@@ -293,6 +293,8 @@ class VirtualTable:
                 dt = _MAX_STEP_MS
             machine_sim.sim_run_due_timers()  # the drive deadline, as on the chip
             self.sim.actuator.drive(self.drive_permille())
+            # The rider hears the beeper pin (check-ins: hal_sim/rider.py).
+            self.sim.indicator.beep = bool(machine_sim.sim_level(self.board["beeper_pin"]))
             self.sim.step(dt)  # also lets go of tapped buttons
             self.syncs += 1
             self._update_pins()
@@ -312,6 +314,8 @@ class VirtualTable:
         # Contacts to GND with pull-ups: closed = driven low, open = not driven.
         machine_sim.sim_set_input(board["home_pin"], 0 if sim.home.closed() else None)
         machine_sim.sim_set_input(board["go_pin"], 0 if sim.go.pressed() else None)
+        if board.get("grip_pin") is not None:  # NO grip to GND: released = not driven
+            machine_sim.sim_set_input(board["grip_pin"], 0 if sim.grip.pressed() else None)
         # STOP is normally closed: pressed (or its wire cut) opens the contact.
         machine_sim.sim_set_input(board["stop_pin"], None if sim.stop.pressed() else 0)
         sense = self.board["actuator"].get("sense_adc")

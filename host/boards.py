@@ -24,3 +24,19 @@ def load_board(name):
     if name not in board_names():
         raise KeyError(f"unknown board {name!r}; known boards: {', '.join(board_names())}")
     return importlib.import_module(f"invtable.boards.{name}").BOARD
+
+
+def board_with_grip(board):
+    """A copy of ``board`` with a dead-man grip on the first GPIO the board's
+    own validation accepts for it (``board`` itself if it already has one):
+    for simulating a table fitted with a grip."""
+    if board.get("grip_pin") is not None:
+        return board
+    from invtable.boards.chips import CHIPS
+    from invtable.boards.validate import validate_board
+
+    for pin in CHIPS[board["chip"]]["gpio"]:
+        candidate = dict(board, grip_pin=pin)
+        if not validate_board(candidate):
+            return candidate
+    raise ValueError(f"board {board['name']!r} has no GPIO left for a grip")

@@ -7,9 +7,10 @@ import sys
 import click
 
 from invtable import __version__
+from invtable.firmware.program import DEFAULT_MAX_INVERTED_MS
 from invtable.hal_sim.scenario import ACTIONS as SIM_ACTIONS
 from invtable.host import simview
-from invtable.host.boards import DEFAULT_BOARD, board_names, load_board
+from invtable.host.boards import DEFAULT_BOARD, board_names, board_with_grip, load_board
 from invtable.host.worlds import make_world, read_world_file, world_option
 
 # A beginner's session from the source documents: 15-30 deg for 30 s - 2 min,
@@ -82,6 +83,16 @@ def _board(ctx, param, name):
 @click.option("--max-inverted", "max_inverted_s", type=click.FloatRange(1, 3600),
               default=DEMO_LIMITS["max_inverted_s"], show_default=True,
               help="The user's limit on time above 0 degrees per session, seconds.")
+@click.option("--check-in", "check_in_s", type=click.FloatRange(0, 600), default=60,
+              show_default=True,
+              help="The user's rider check-ins: every S seconds of tilting and holding the "
+              "beeper chirps and the rider must tap GO within 10 s, or the table returns "
+              "(session end no_response). 0 = off, else 10..600. The simulated rider "
+              "answers after 1-5 s until a faint event.")
+@click.option("--grip", is_flag=True,
+              help="The board has a dead-man grip (grip_pin), held by the simulated rider: "
+              "a session starts only with it held; let go for more than 1 s (events "
+              "grip_release, faint) and the table returns (end grip_released).")
 @click.option("--exit-pause", "exit_pause_s", type=click.FloatRange(0, 600),
               default=DEMO_PROGRAM["exit_pause_s"], show_default=True,
               help="Pause near horizontal on the way home, seconds.")
@@ -105,8 +116,8 @@ def _board(ctx, param, name):
               "(the hardware changed after commissioning). Implies --commission.")
 @click.option("--json", "as_json", is_flag=True, help="Print only a JSON summary.")
 def sim_run(trace_path, board, angle_deg, hold_s, sets, rest_s, speed_deg_s, max_angle_deg,
-            max_inverted_s, exit_pause_s, events, duration_s, seed, world_data, commission,
-            commission_data, as_json):
+            max_inverted_s, check_in_s, grip, exit_pause_s, events, duration_s, seed, world_data,
+            commission, commission_data, as_json):
     """Run one session on the simulated table, as fast as the CPU allows.
 
     The firmware is the real one; only the hardware is simulated, by default
@@ -120,6 +131,10 @@ def sim_run(trace_path, board, angle_deg, hold_s, sets, rest_s, speed_deg_s, max
     from invtable.hal_sim.builder import CommissionFailed
 
     board_name, board_dict = board
+    if grip:
+        board_dict = board_with_grip(board_dict)
+    if 0 < check_in_s < 10:
+        raise click.BadParameter(f"{check_in_s:g} s: 0 (off) or 10..600", param_hint="--check-in")
     world = make_world(board_dict, world_data)
     commission_world = None
     if commission_data is not None:
@@ -134,14 +149,16 @@ def sim_run(trace_path, board, angle_deg, hold_s, sets, rest_s, speed_deg_s, max
         raise click.BadParameter(
             f"--angle {angle_deg:g} is above the user's --max-angle {max_angle_deg:g}",
             param_hint="--angle")
-    for name, value, cap in (
-        ("--max-angle", max_angle_deg * 1000, board_dict["max_angle_mdeg"]),
-        ("--speed", speed_deg_s * 1000, board_dict["max_speed_mdeg_s"]),
+    for name, value, low, cap in (
+        ("--max-angle", max_angle_deg * 1000, 1, board_dict["max_angle_mdeg"]),
+        ("--speed", speed_deg_s * 1000, 0.1, board_dict["max_speed_mdeg_s"]),
+        ("--max-inverted", max_inverted_s * 1000, 1,
+         board_dict.get("max_inverted_ms", DEFAULT_MAX_INVERTED_MS)),
     ):
         if value > cap:
             raise click.BadParameter(
-                f"{value / 1000:g} is above board {board_name}'s hard cap of {cap / 1000:g}",
-                param_hint=name)
+                f"{value / 1000:g} is above board {board_name}'s hard cap of {cap / 1000:g} "
+                f"(allowed: {low:g}..{cap / 1000:g})", param_hint=name)
     program = {
         "angle_mdeg": round(angle_deg * 1000),
         "hold_ms": round(hold_s * 1000),
@@ -154,6 +171,7 @@ def sim_run(trace_path, board, angle_deg, hold_s, sets, rest_s, speed_deg_s, max
         "max_angle_mdeg": round(max_angle_deg * 1000),
         "max_inverted_ms": round(max_inverted_s * 1000),
         "max_speed_mdeg_s": round(speed_deg_s * 1000),
+        "check_in_ms": round(check_in_s * 1000),
     }
     view = None
     if not as_json:

@@ -33,6 +33,12 @@ control tick (20 ms at 50 Hz) while it runs on the virtual board:
   imu_disconnect, imu_stuck, imu_spike, imu_drift, stall, overload,
   stop_wire_cut, stop_wire_repair, home_switch_fail, home_switch_stuck_closed
                 inject that hardware fault into the simulated table
+  faint         the rider answers no check-in any more and lets go of the grip
+                (otherwise the simulated rider, hearing the beeper's chirp,
+                taps GO 1-5 s later)
+  grip_release, grip_hold
+                the rider lets go of / takes the dead-man grip (read only by a
+                board file with a grip_pin)
   status        the simulated table now: angle, drive, buttons, faults
                 (the firmware's own status: `invtable status --port DEVICE`)
   help          this list

@@ -8,7 +8,8 @@ import sys
 
 import click
 
-from invtable.host.boards import DEFAULT_BOARD, board_names, load_board
+from invtable.hal_sim.serve import INPUT_HELP
+from invtable.host.boards import DEFAULT_BOARD, board_names, board_with_grip, load_board
 from invtable.host.worlds import make_world, world_option
 
 
@@ -19,7 +20,23 @@ def _board(ctx, param, name):
         raise click.BadParameter(error.args[0], ctx=ctx, param=param) from None
 
 
-@click.command("serve", context_settings={"help_option_names": ["-h", "--help"]})
+SERVE_HELP = f"""Run the firmware on the simulated table behind a serial device.
+
+The first line on stdout is the device path (e.g. /dev/pts/7): open it
+with the invtable host commands, pyserial or a terminal and speak the serial
+protocol (docs/protocol.md). Then come short notes on what the table does.
+
+\b
+{INPUT_HELP}
+
+Example:
+
+  invtable sim serve --state-dir ~/.invtable-sim --speed 10
+"""
+
+
+@click.command("serve", help=SERVE_HELP,
+               context_settings={"help_option_names": ["-h", "--help"]})
 @click.option(
     "--board",
     "board",
@@ -46,36 +63,16 @@ def _board(ctx, param, name):
 @click.option(
     "--seed", type=int, default=0, show_default=True, help="Seed for sensor noise and biases."
 )
+@click.option("--grip", is_flag=True,
+              help="The board has a dead-man grip (grip_pin), held by the simulated rider "
+              "until grip_release or faint on stdin.")
 @world_option
-def serve(board, state_dir, speed, seed, world_data):
-    """Run the firmware on the simulated table behind a serial device.
-
-    The first line on stdout is the device path (e.g. /dev/pts/7): open it
-    with the invtable host commands, pyserial or a terminal and speak the serial
-    protocol (docs/protocol.md). Then come short notes on what the table does.
-
-    \b
-    Physical inputs, one per line on stdin:
-      go            tap GO; go_down / go_up hold / release it
-      stop          tap STOP; stop_down / stop_up hold / release it
-      power_loss    the board loses power (RAM lost, flash kept) and reboots
-      torn_write    the power goes in the middle of the next flash write
-      imu_disconnect, imu_stuck, imu_spike, imu_drift, stall, overload,
-      stop_wire_cut, stop_wire_repair, home_switch_fail,
-      home_switch_stuck_closed
-                    inject that hardware fault
-      status        print the firmware's status
-      help          list these inputs
-      quit          shut down (so do SIGTERM and Ctrl-C)
-    End of stdin does not stop the server.
-
-    Example:
-
-      invtable sim serve --state-dir ~/.invtable-sim --speed 10
-    """
+def serve(board, state_dir, speed, seed, grip, world_data):
     from invtable.hal_sim.serve import Server
 
     _name, board_dict = board
+    if grip:
+        board_dict = board_with_grip(board_dict)
     world = make_world(board_dict, world_data) if world_data is not None else None
     server = Server(board_dict, state_dir=state_dir, speed=speed, seed=seed, world=world)
     sys.exit(server.run())

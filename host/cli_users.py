@@ -18,6 +18,7 @@ import csv
 import datetime
 import functools
 import json
+import math
 import os
 import re
 import sys
@@ -31,6 +32,14 @@ from rich.table import Table
 from rich.text import Text
 
 from invtable.firmware.auth import PIN_MAX_LEN, PIN_MIN_LEN, pin_format_ok
+from invtable.firmware.rider import (
+    CHECK_IN_ANSWER_MS,
+    CHECK_IN_MIN_MS,
+    END_GRIP_RELEASED,
+    END_NO_RESPONSE,
+    GRIP_RELEASE_MS,
+)
+from invtable.firmware.settings import LIMIT_FIELDS
 from invtable.host import client as client_mod
 from invtable.host.simview import STATE_STYLE, STATE_TEXT
 
@@ -68,6 +77,8 @@ FIELDS = {
     "max_angle_mdeg": ("--max-angle", "deg", "max angle"),
     "max_inverted_ms": ("--max-inverted", "s", "max time inverted per session"),
     "max_speed_mdeg_s": ("--max-speed", "deg/s", "max speed"),
+    "max_daily_inverted_ms": ("--max-daily", "s", "max time inverted per day"),
+    "check_in_ms": ("--check-in", "s", "rider check-in"),
     "angle_mdeg": ("--angle", "deg", "angle"),
     "hold_ms": ("--hold", "s", "hold per set"),
     "sets": ("--sets", None, "sets"),
@@ -79,9 +90,22 @@ FIELDS = {
     "rate_hz": ("RATE", "Hz", "telemetry rate"),
     "epoch_s": ("WHEN", None, "clock"),
 }
-LIMIT_KEYS = ("max_angle_mdeg", "max_inverted_ms", "max_speed_mdeg_s")
+LIMIT_KEYS = ("max_angle_mdeg", "max_inverted_ms", "max_speed_mdeg_s", "max_daily_inverted_ms",
+              "check_in_ms")
 PROGRAM_KEYS = ("angle_mdeg", "hold_ms", "sets", "rest_ms", "speed_mdeg_s", "exit_pause_ms")
 PROGRESSION_KEYS = ("angle_step_mdeg", "hold_step_ms")
+
+# How a session ended (log `end`, status `last_end`): the log's colour (the
+# plot's too), and plain words where the code alone does not say it.
+END_STYLE = {"completed": "green", "stopped": "yellow", "limit": "yellow", "fault": "red",
+             "interrupted": "red", "calibration_changed": "red", END_NO_RESPONSE: "red",
+             END_GRIP_RELEASED: "red"}
+END_TEXT = {
+    END_NO_RESPONSE: f"no GO tap within {CHECK_IN_ANSWER_MS / 1000:g} s of a check-in chirp: "
+    "the table returned home",
+    END_GRIP_RELEASED: f"the grip was let go for more than {GRIP_RELEASE_MS / 1000:g} s: "
+    "the session ended and the table returned home",
+}
 
 RECORD_COLUMNS = ("t_s", "t_ms", "state", "angle_deg", "target_deg", "inverted_s",
                   "remaining_s", "sets_done", "fault")
@@ -93,17 +117,27 @@ err = Console(stderr=True, highlight=False)
 # -- units -----------------------------------------------------------------
 def to_wire(field, value):
     """A human value (deg, s) of ``field`` in the protocol's integer unit."""
-    unit = FIELDS[field][1]
+    option, unit, _label = FIELDS[field]
+    if not math.isfinite(value):
+        raise click.BadParameter(f"{value} is not a number", param_hint=option)
     if unit in ("deg", "s", "deg/s"):
         return round(value * 1000)
     return int(value)
 
 
+def from_wire(field, value):
+    """A protocol value of ``field`` in people's unit (deg, s): the inverse of to_wire."""
+    return value / 1000 if FIELDS[field][1] in ("deg", "s", "deg/s") else value
+
+
 def human(field, value, unit=True):
-    """A protocol value of ``field`` for people: '30 deg', '2 min (120 s)', '3'."""
+    """A protocol value of ``field`` for people: '30 deg', '2 min (120 s)', '3',
+    'every 60 s' / 'off' (check-ins)."""
     if value is None:
         return "-"
     kind = FIELDS.get(field, (None, None))[1]
+    if field == "check_in_ms" and unit:
+        return f"every {value / 1000:g} s" if value else "off"
     if kind in ("deg", "deg/s"):
         text = f"{value / 1000:g}"
         return f"{text} {kind}" if unit else text
@@ -121,6 +155,22 @@ def seconds(ms, precise=False):
         return f"{s:.1f} s" if precise else f"{s:g} s"
     minutes, rest = divmod(round(s), 60)
     return f"{minutes} min" + (f" {rest} s" if rest else "")
+
+
+def whole_seconds(ms):
+    """seconds() to the nearest second: '12 min 30 s', '45 s'."""
+    return seconds(None if ms is None else round(ms, -3))
+
+
+def today_text(used_ms, limit_ms):
+    """'12 min 30 s of 20 min inverted': a user's time inverted today, of today's
+    allowance (status / user.get ``daily_used_ms``, ``daily_limit_ms``)."""
+    return f"{whole_seconds(used_ms)} of {whole_seconds(limit_ms)} inverted"
+
+
+def end_text(end):
+    """A session end code, with plain words where the code alone does not say it."""
+    return f"{end} ({END_TEXT[end]})" if end in END_TEXT else str(end)
 
 
 def degrees(mdeg, digits=1):
@@ -303,6 +353,34 @@ def _sec(name, help_text, low=0.0, high=3600.0):
     return click.option(name, type=click.FloatRange(low, high), metavar="S", help=help_text)
 
 
+def _limit_range(field):
+    """(low, high) of a limit in people's units, from the firmware's own table
+    (firmware.settings.LIMIT_FIELDS); high is None where it is the board's cap."""
+    for name, low, high, _default in LIMIT_FIELDS:
+        if name == field:
+            return from_wire(field, low), None if high is None else from_wire(field, high)
+    raise KeyError(field)
+
+
+def _limit(field, help_text, **kwargs):
+    """A `limits set` option, checked here with the firmware's bounds; a board cap
+    (which this side cannot know) is left to the board, whose refusal names it."""
+    option, unit, _label = FIELDS[field]
+    return click.option(option, type=click.FloatRange(*_limit_range(field)),
+                        metavar=unit.upper(), help=help_text, **kwargs)
+
+
+CHECK_IN_RULE = "0 (off) or {:g}..{:g} s".format(from_wire("check_in_ms", CHECK_IN_MIN_MS),
+                                                   _limit_range("check_in_ms")[1])
+
+
+def _check_in(ctx, param, value):
+    """--check-in: 0 (off), or at least CHECK_IN_MIN_MS (the board's rule)."""
+    if value is None or value == 0 or to_wire("check_in_ms", value) >= CHECK_IN_MIN_MS:
+        return value
+    raise click.BadParameter(f"{value:g} s: a check-in is {CHECK_IN_RULE}", ctx=ctx, param=param)
+
+
 def _collect(keys, values):
     """Protocol args from the options given (None = not given)."""
     args = {}
@@ -345,6 +423,8 @@ def print_user(user, before=None):
     if "limits" in user:
         out.print(settings_table("limits (admin)", user["limits"], LIMIT_KEYS,
                                  before.get("limits")))
+    if user.get("daily_limit_ms") is not None:
+        out.print(f"today: {today_text(user.get('daily_used_ms'), user['daily_limit_ms'])}")
     if "program" in user:
         out.print(settings_table("program", user["program"], PROGRAM_KEYS,
                                  before.get("program")))
@@ -394,13 +474,19 @@ def calibration_rows(calib):
     ]
 
 
-# Notices (status "warning") that need `invtable setup`.
-SETUP_NOTICES = {
+# What to do about a notice (status "warning"), in plain words.
+NOTICE_HINTS = {
     "go_refused_not_commissioned": "not commissioned: run `invtable setup`",
     "go_refused_calibration_changed": "the angle at home no longer matches commissioning: "
     "run `invtable setup` again",
     "calibration_changed": "the home switch is no longer where commissioning saw it: "
     "run `invtable setup` again",
+    "go_refused_daily_limit": "GO refused: this user's time inverted for today is used up. "
+    "It comes back tomorrow by the board's clock (`invtable clock set` sets it), or 24 h "
+    "of powered-on time later if the clock was not set since the board started.",
+    "go_refused_grip_released": "GO refused: hold the grip, then press GO. A session starts "
+    f"only with the grip held, and the table returns home when it is let go for more than "
+    f"{GRIP_RELEASE_MS / 1000:g} s.",
 }
 
 
@@ -429,13 +515,17 @@ def status(opts):
         rows.append(("sets done", str(data.get("sets_done", 0))))
         rows.append(("inverted", f"{seconds(data.get('inverted_ms'), precise=True)} of "
                                  f"{seconds(data.get('inverted_limit_ms'))}"))
+    if data.get("daily_limit_ms") is not None:
+        rows.append(("today", today_text(data.get("daily_used_ms"), data["daily_limit_ms"])))
+    if data.get("check_in_waiting"):
+        rows.append(("check-in", "[bold reverse yellow] tap GO now [/]"))
     if data.get("warning"):
         rows.append(("notice", f"[yellow]{escape(str(data['warning']))}[/]"))
     last_end = data.get("last_end")
     if last_end:
         if isinstance(last_end, dict):
             last_end = last_end.get("end", json.dumps(last_end))
-        rows.append(("last session", escape(str(last_end))))
+        rows.append(("last session", escape(end_text(last_end))))
     if data.get("last_error"):
         rows.append(("last error", f"[red]{escape(str(data['last_error']))}[/]"))
     if data.get("boot_errors"):
@@ -453,8 +543,8 @@ def status(opts):
     out.print(kv_table("invtable status", rows))
     hints = []
     if data.get("commissioned") is False:
-        hints.append(SETUP_NOTICES["go_refused_not_commissioned"])
-    hint = SETUP_NOTICES.get(data.get("warning"))
+        hints.append(NOTICE_HINTS["go_refused_not_commissioned"])
+    hint = NOTICE_HINTS.get(data.get("warning"))
     if hint and hint not in hints:
         hints.append(hint)
     for hint in hints:
@@ -639,15 +729,20 @@ def limits():
 
 @limits.command("set")
 @click.argument("name")
-@_deg("--max-angle", "Highest angle, degrees (never above the board's cap).", 0, 90)
-@_sec("--max-inverted", "Most time above horizontal per session, seconds.")
-@click.option("--max-speed", type=click.FloatRange(0, 90), metavar="DEG/S",
-              help="Fastest tilt, degrees per second (never above the board's cap).")
+@_limit("max_angle_mdeg", "Highest angle, degrees (never above the board's cap).")
+@_limit("max_inverted_ms", "Most time above horizontal per session, seconds (never above "
+        "the board's cap).")
+@_limit("max_speed_mdeg_s", "Fastest tilt, degrees per second (never above the board's cap).")
+@_limit("max_daily_inverted_ms", "Most time above horizontal per day, all sessions together, "
+        "seconds (never above the board's cap).")
+@_limit("check_in_ms", "Rider check-ins: every S seconds of tilting and holding, the beeper "
+        f"chirps and the rider must tap GO within {CHECK_IN_ANSWER_MS / 1000:g} s, or the table "
+        f"returns home. {CHECK_IN_RULE}.", callback=_check_in)
 @pin_option
 @board_command
-def limits_set(name, max_angle, max_inverted, max_speed, pin, opts):
+def limits_set(name, max_angle, max_inverted, max_speed, max_daily, check_in, pin, opts):
     """Change NAME's limits (admin); the program is lowered to fit."""
-    args = _collect(LIMIT_KEYS, (max_angle, max_inverted, max_speed))
+    args = _collect(LIMIT_KEYS, (max_angle, max_inverted, max_speed, max_daily, check_in))
     pin = resolve_pin(pin)
     with connect(opts) as board:
         before = board.request("user.get", name=name)
@@ -741,17 +836,19 @@ def log(ctx, user_name, opts):
                           "status": status_text})
     table = Table(title=f"session log ({total} session{'s' if total != 1 else ''})",
                   title_justify="left", title_style="bold")
-    for column in ("#", "user", "started", "max angle", "inverted", "end", "fault"):
-        table.add_column(column, justify="right" if column in ("#", "max angle", "inverted")
-                         else "left")
-    end_style = {"completed": "green", "stopped": "yellow", "limit": "yellow",
-                 "fault": "red", "interrupted": "red"}
+    # The user's time inverted that day, this session included (older entries: none).
+    daily = any(e.get("daily_ms") is not None for _, e in numbered)
+    numbers = ("#", "max angle", "inverted", "that day")
+    for column in ("#", "user", "started", "max angle", "inverted",
+                   *(("that day",) if daily else ()), "end", "fault"):
+        table.add_column(column, justify="right" if column in numbers else "left")
     for number, e in numbered:
-        end = str(e.get("end", "?"))
+        end = escape(str(e.get("end", "?")))
         table.add_row(str(number), escape(str(e.get("user", "?"))), _local_time(e.get("start_s")),
                       degrees(e.get("max_angle_mdeg")),
                       seconds(e.get("inverted_ms"), precise=True),
-                      f"[{end_style.get(end, '')}]{end}[/]" if end in end_style else end,
+                      *((whole_seconds(e.get("daily_ms")),) if daily else ()),
+                      f"[{END_STYLE[end]}]{end}[/]" if end in END_STYLE else end,
                       escape(str(e.get("fault") or "")))
     out.print(table)
     if status_text and status_text != "ok":
@@ -796,11 +893,17 @@ def _parse_when(ctx, param, value):
 @board_command
 def clock_set(when, opts):
     """Set the board's clock to WHEN (ISO 8601, local time unless an offset is given;
-    default: now)."""
-    data = call(opts, "clock.set", epoch_s=when)
+    default: now), and this computer's offset from UTC now, which gives the board
+    its calendar day for the daily limit."""
+    offset = int(datetime.datetime.now().astimezone().utcoffset().total_seconds())
+    data = call(opts, "clock.set", epoch_s=when, utc_offset_s=offset)
     if opts["as_json"]:
         return emit_json(data)
-    out.print(f"board clock set to {_local_time(data.get('epoch_s', when))}")
+    offset = data.get("utc_offset_s", offset)
+    hours, minutes = divmod(abs(offset) // 60, 60)
+    out.print(f"board clock set to {_local_time(data.get('epoch_s', when))}, "
+              f"UTC{'-' if offset < 0 else '+'}{hours:02d}:{minutes:02d} (the daily limit's "
+              "days start at local midnight)")
 
 
 @click.command()
@@ -850,7 +953,8 @@ class MonitorView:
         if kind == "warning":
             return f"notice: {event.get('code')}"
         if kind == "session_end":
-            return (f"session ended: {event.get('end')}, max {degrees(event.get('max_angle_mdeg'))}"
+            return (f"session ended: {end_text(event.get('end'))}"
+                    f", max {degrees(event.get('max_angle_mdeg'))}"
                     f", inverted {seconds(event.get('inverted_ms'), precise=True)}"
                     + (f", fault {event['fault']}" if event.get("fault") else ""))
         if kind == "boot":
@@ -1112,9 +1216,8 @@ def plot(trace, user_name, out_path, opts):
         out_path = out_path or "invtable-progress.png"
         plt = _pyplot()
         n = list(range(1, len(entries) + 1))
-        colors = ["tab:red" if e.get("end") in ("fault", "interrupted") else
-                  "tab:orange" if e.get("end") in ("stopped", "limit") else "tab:green"
-                  for e in entries]
+        palette = {"green": "tab:green", "yellow": "tab:orange", "red": "tab:red"}
+        colors = [palette.get(END_STYLE.get(e.get("end")), "tab:gray") for e in entries]
         fig, (ax1, ax2) = plt.subplots(2, 1, figsize=(10, 6), sharex=True)
         ax1.plot(n, [(e.get("max_angle_mdeg") or 0) / 1000 for e in entries], color="tab:blue",
                  zorder=1)
@@ -1123,7 +1226,8 @@ def plot(trace, user_name, out_path, opts):
         ax1.set_ylabel("max angle, deg")
         ax2.bar(n, [(e.get("inverted_ms") or 0) / 1000 for e in entries], color=colors)
         ax2.set_ylabel("time inverted, s")
-        ax2.set_xlabel("session (green completed, orange stopped/limit, red fault)")
+        ax2.set_xlabel("session (green completed, orange stopped/limit, red fault or the "
+                       "rider not answering)")
         who = f" of {user_name}" if user_name else ""
         ax1.set_title(f"invtable progress{who}: {len(entries)} sessions")
         for ax in (ax1, ax2):

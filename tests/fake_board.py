@@ -1,7 +1,8 @@
 """A minimal fake board on a pty, answering docs/protocol.md for host tests.
 
 Not the firmware: just enough of the contract (users, limits, PIN attempts,
-log, telemetry) to test the client and the CLI without the simulator.
+log, telemetry, today's inverted time) to test the client and the CLI without
+the simulator. Its board caps are those of the shipped board files.
 """
 
 import json
@@ -13,8 +14,11 @@ import tty
 
 CAP_ANGLE = 60000
 CAP_SPEED = 8000
-LIMITS = {"max_angle_mdeg": (1000, CAP_ANGLE), "max_inverted_ms": (10000, 900000),
-          "max_speed_mdeg_s": (1000, CAP_SPEED)}
+CAP_INVERTED = 600000  # per session
+CAP_DAILY = 1200000
+LIMITS = {"max_angle_mdeg": (1000, CAP_ANGLE), "max_inverted_ms": (10000, CAP_INVERTED),
+          "max_speed_mdeg_s": (1000, CAP_SPEED), "max_daily_inverted_ms": (10000, CAP_DAILY),
+          "check_in_ms": (0, 600000)}
 PROGRAM = {"angle_mdeg": (1000, "max_angle_mdeg"), "hold_ms": (10000, 600000),
            "sets": (1, 5), "rest_ms": (10000, 600000),
            "speed_mdeg_s": (1000, "max_speed_mdeg_s"), "exit_pause_ms": (0, 60000)}
@@ -30,7 +34,8 @@ class Refused(Exception):
 def _new_user(name):
     return {"name": name,
             "limits": {"max_angle_mdeg": 30000, "max_inverted_ms": 120000,
-                       "max_speed_mdeg_s": 4000},
+                       "max_speed_mdeg_s": 4000, "max_daily_inverted_ms": 600000,
+                       "check_in_ms": 60000},
             "program": {"angle_mdeg": 20000, "hold_ms": 60000, "sets": 1, "rest_ms": 60000,
                         "speed_mdeg_s": 3000, "exit_pause_ms": 10000},
             "progression": {"angle_step_mdeg": 0, "hold_step_ms": 0}}
@@ -47,9 +52,13 @@ class FakeBoard:
         self.angle = -60000
         self.users = {"guest": _new_user("guest")}
         self.active = "guest"
+        self.daily_used = {}  # user -> inverted ms today
+        self.check_in_waiting = False
+        self.warning = None
+        self.last_end = None
         self.log = [{"user": "guest", "start_s": 1700000000 + 600 * i, "uptime_ms": 1000 * i,
                      "max_angle_mdeg": 15000 + 1000 * i, "inverted_ms": 30000 + 5000 * i,
-                     "end": "completed", "fault": None} for i in range(12)]
+                     "end": "completed", "fault": None, "daily_ms": None} for i in range(12)]
         self.rate_hz = 0
         self.requests = []
         self.garbage_before_reply = False
@@ -140,6 +149,11 @@ class FakeBoard:
             raise Refused("out_of_range", f"{field} must be {lo}..{hi} (got {value})",
                           allowed=[lo, hi])
 
+    def _daily(self, name):
+        limits = self.users[name]["limits"]
+        return {"daily_used_ms": self.daily_used.get(name, 0),
+                "daily_limit_ms": min(limits["max_daily_inverted_ms"], CAP_DAILY)}
+
     # -- commands
     def cmd_info(self):
         return {"firmware": "fake-1", "protocol": 1, "board": "fake", "chip": "esp32",
@@ -149,10 +163,12 @@ class FakeBoard:
 
     def cmd_status(self):
         return {"state": self.state, "angle_mdeg": self.angle, "target_mdeg": None,
-                "fault": None, "warning": None, "user": self.active, "session": False,
-                "sets_done": 0, "inverted_ms": 0, "inverted_limit_ms": 120000,
-                "last_end": None, "last_error": None, "uptime_ms": 5000,
-                "pin_is_default": False, "settings_status": "ok", "log_status": "ok"}
+                "fault": None, "warning": self.warning, "user": self.active,
+                "session": False, "sets_done": 0, "inverted_ms": 0,
+                "inverted_limit_ms": 120000, "last_end": self.last_end, "last_error": None,
+                "uptime_ms": 5000, "pin_is_default": False, "settings_status": "ok",
+                "log_status": "ok", "check_in_waiting": self.check_in_waiting,
+                "boot_errors": [], **self._daily(self.active)}
 
     def cmd_stop(self):
         self.state = "RETURN" if self.state not in ("HOME", "FAULT") else self.state
@@ -168,7 +184,7 @@ class FakeBoard:
                 "max_users": 8}
 
     def cmd_user_get(self, name):
-        return dict(self._user(name), active=name == self.active)
+        return dict(self._user(name), active=name == self.active, **self._daily(name))
 
     def cmd_user_create(self, name, pin):
         self._admin(pin)
@@ -176,7 +192,7 @@ class FakeBoard:
         if name in self.users:
             raise Refused("exists", "user " + name + " exists")
         self.users[name] = _new_user(name)
-        return dict(self.users[name], active=False)
+        return dict(self.users[name], active=False, **self._daily(name))
 
     def cmd_user_delete(self, name, pin):
         self._admin(pin)
@@ -242,6 +258,8 @@ class FakeBoard:
         self.log = []
         return {}
 
-    def cmd_clock_set(self, epoch_s):
+    def cmd_clock_set(self, epoch_s, utc_offset_s=0):
+        self._check("utc_offset_s", utc_offset_s, -50400, 50400)
         self.epoch_s = epoch_s
-        return {"epoch_s": epoch_s}
+        self.utc_offset_s = utc_offset_s
+        return {"epoch_s": epoch_s, "utc_offset_s": utc_offset_s}

@@ -115,11 +115,31 @@ def test_sense_must_be_adc1():
         ("control_hz", 250, ("control_hz",)),
         ("recovery_speed_mdeg_s", 20000, ("recovery_speed_mdeg_s",)),
         ("wdt_timeout_ms", 100, ("wdt_timeout_ms",)),
+        ("max_inverted_ms", 3600001, ("max_inverted_ms", "3600000")),
+        ("max_inverted_ms", 5000, ("max_inverted_ms",)),
+        ("max_daily_inverted_ms", 300000, ("max_daily_inverted_ms", "max_inverted_ms")),
+        ("max_daily_inverted_ms", 10 ** 9, ("max_daily_inverted_ms",)),
     ],
 )
 def test_caps(key, value, words):
     problems = _bad(esp32_devkitc, lambda b: b.update({key: value}))
     assert _has(problems, *words), problems
+
+
+@pytest.mark.parametrize(("pin", "words"), [
+    (34, ("grip_pin", "input-only")),  # no pull-up: an open grip wire would float
+    (32, ("GPIO32", "used twice")),  # the GO button's
+    (6, ("grip_pin", "flash")),
+    (40, ("grip_pin", "does not exist")),
+])
+def test_a_grip_pin_is_validated_like_the_other_inputs(pin, words):
+    problems = _bad(esp32_devkitc, lambda b: b.update({"grip_pin": pin}))
+    assert _has(problems, *words), problems
+
+
+def test_a_grip_on_a_free_pin_with_a_pull_up_is_accepted():
+    assert _bad(esp32_devkitc, lambda b: b.update({"grip_pin": 14})) == []
+    assert _bad(esp32_devkitc, lambda b: b.update({"grip_pin": None})) == []
 
 
 def test_missing_cap_is_reported():

@@ -5,6 +5,7 @@ then end to end through `invtable sim serve` (the real firmware on the
 simulated table behind a real pty)."""
 
 import csv
+import datetime
 import json
 import os
 import subprocess
@@ -123,6 +124,142 @@ def test_out_of_range_shows_the_allowed_range_in_degrees(run):
     error = json.loads(result.stdout)["error"]
     assert error["code"] == "out_of_range" and error["allowed"] == [1000, 30000]
     assert error["exit_code"] == cli_users.EXIT_REFUSED
+
+
+def test_check_in_and_daily_limit_are_sent_in_ms_and_shown(run, board):
+    result = run("limits", "set", "guest", "--check-in", "30", "--max-daily", "900",
+                 "--pin", "1234")
+    assert result.exit_code == 0, result.output
+    req = board.requests[-1]
+    assert req["cmd"] == "limits.set"
+    assert (req["check_in_ms"], req["max_daily_inverted_ms"]) == (30000, 900000)
+    assert "every 30 s  (was every 60 s)" in result.output
+    assert "15 min  (was 10 min)" in result.output
+    result = run("limits", "set", "guest", "--check-in", "0", "--pin", "1234")
+    assert result.exit_code == 0, result.output
+    assert board.requests[-1]["check_in_ms"] == 0
+    assert board.users["guest"]["limits"]["check_in_ms"] == 0
+    assert "off  (was every 30 s)" in result.output
+
+
+@pytest.mark.parametrize("option, value", [("--check-in", "5"), ("--check-in", "0.5"),
+                                           ("--check-in", "601"), ("--max-daily", "5"),
+                                           ("--max-inverted", "9"), ("--max-inverted", "nan"),
+                                           ("--max-daily", "inf")])
+def test_limits_outside_the_firmware_bounds_are_refused_before_sending(run, board, option, value):
+    result = run("limits", "set", "guest", option, value, "--pin", "1234")
+    assert result.exit_code == 2, result.output
+    assert option in result.output
+    assert not [r for r in board.requests if r["cmd"] == "limits.set"]
+
+
+def test_a_check_in_in_the_gap_names_the_rule(run):
+    result = run("limits", "set", "guest", "--check-in", "5", "--pin", "1234")
+    assert result.exit_code == 2
+    assert "0 (off) or 10..600 s" in result.output
+
+
+def test_limits_above_the_board_caps_are_refused_by_the_board(run, board):
+    result = run("limits", "set", "guest", "--max-daily", "1500", "--pin", "1234")
+    assert result.exit_code == cli_users.EXIT_REFUSED
+    assert "--max-daily" in result.stderr and "10..1200 s" in result.stderr
+    assert "got 1500 s" in result.stderr
+    result = run("limits", "set", "guest", "--max-inverted", "3600", "--pin", "1234")
+    assert result.exit_code == cli_users.EXIT_REFUSED
+    assert "--max-inverted" in result.stderr and "10..600 s" in result.stderr
+    assert board.users["guest"]["limits"]["max_inverted_ms"] == 120000
+    assert board.fails == 0
+
+
+def test_status_shows_today_and_the_check_in_prompt(run, board):
+    board.users["guest"]["limits"]["max_daily_inverted_ms"] = 1200000
+    board.daily_used["guest"] = 750200
+    result = run("status")
+    assert result.exit_code == 0
+    assert "12 min 30 s of 20 min inverted" in result.output
+    assert "tap GO now" not in result.output
+    board.check_in_waiting = True
+    result = run("status")
+    assert "tap GO now" in result.output
+    data = json.loads(run("status", "--json").stdout)
+    assert (data["daily_used_ms"], data["daily_limit_ms"]) == (750200, 1200000)
+    assert data["check_in_waiting"] is True
+
+
+@pytest.mark.parametrize("warning, words", [
+    ("go_refused_daily_limit", ["used up", "tomorrow", "clock set", "24 h"]),
+    ("go_refused_grip_released", ["hold the grip", "1 s"]),
+])
+def test_status_explains_the_new_refusals(run, board, warning, words):
+    board.warning = warning
+    output = " ".join(run("status").output.split())
+    for word in words:
+        assert word in output
+
+
+@pytest.mark.parametrize("end, words", [
+    ("no_response", ["no GO tap within 10 s", "check-in"]),
+    ("grip_released", ["grip was let go", "1 s"]),
+])
+def test_status_explains_the_new_session_ends(run, board, end, words):
+    board.last_end = end
+    output = " ".join(run("status").output.split())
+    assert end in output
+    for word in words:
+        assert word in output
+
+
+def test_user_show_has_check_ins_and_the_daily_limit(run, board):
+    board.daily_used["guest"] = 45000
+    result = run("user", "show", "guest")
+    assert result.exit_code == 0
+    assert "every 60 s" in result.output
+    assert "max time inverted per day" in result.output
+    assert "today: 45 s of 10 min inverted" in result.output
+    board.users["guest"]["limits"]["check_in_ms"] = 0
+    assert "off" in run("user", "show", "guest").output
+    data = json.loads(run("user", "show", "guest", "--json").stdout)
+    assert data["daily_used_ms"] == 45000 and data["limits"]["check_in_ms"] == 0
+
+
+def test_log_shows_the_daily_total_and_the_new_ends(run, board, monkeypatch):
+    monkeypatch.setattr(cli_users.out, "width", 160)
+    result = run("log")
+    assert "that day" not in result.output  # older entries have no daily_ms
+    board.log += [
+        {"user": "guest", "start_s": 1700100000, "uptime_ms": 1, "max_angle_mdeg": 20000,
+         "inverted_ms": 40000, "end": "no_response", "fault": None, "daily_ms": 750400},
+        {"user": "guest", "start_s": 1700200000, "uptime_ms": 2, "max_angle_mdeg": 20000,
+         "inverted_ms": 1000, "end": "grip_released", "fault": None, "daily_ms": 1000}]
+    result = run("log")
+    assert result.exit_code == 0
+    assert "that day" in result.output and "12 min 30 s" in result.output
+    assert "no_response" in result.output and "grip_released" in result.output
+    entries = json.loads(run("log", "--json").stdout)["entries"]
+    assert [e["daily_ms"] for e in entries[-3:]] == [None, 750400, 1000]
+
+
+@pytest.fixture(params=[("IST-5:30", 19800, "UTC+05:30"), ("NST+3:30", -12600, "UTC-03:30")])
+def local_zone(request):
+    """The host's time zone set to a fixed offset (POSIX TZ: the sign is reversed)."""
+    saved = os.environ.get("TZ")
+    os.environ["TZ"] = request.param[0]
+    time.tzset()
+    yield request.param[1:]
+    if saved is None:
+        del os.environ["TZ"]
+    else:
+        os.environ["TZ"] = saved
+    time.tzset()
+
+
+def test_clock_set_sends_the_local_utc_offset(run, board, local_zone):
+    offset_s, text = local_zone
+    result = run("clock", "set", "2025-03-01T09:30:00+00:00")
+    assert result.exit_code == 0, result.output
+    assert (board.epoch_s, board.utc_offset_s) == (1740821400, offset_s)
+    assert text in result.output
+    assert json.loads(run("clock", "set", "--json").stdout)["utc_offset_s"] == offset_s
 
 
 def test_wrong_pin_shows_attempts_left_then_locked(run):
@@ -345,6 +482,34 @@ def test_e2e_wrong_pin_and_out_of_range(real):
     assert "--max-speed" in result.stderr and "deg/s" in result.stderr
 
 
+def test_e2e_board_caps_and_check_ins(real):
+    """The board's caps are not known to the CLI: the board refuses, naming them."""
+    result = real("limits", "set", "guest", "--max-inverted", "3600", "--pin", "0000")
+    assert result.exit_code == cli_users.EXIT_REFUSED, result.output
+    assert "--max-inverted" in result.stderr and "10..600 s" in result.stderr
+    result = real("limits", "set", "guest", "--max-daily", "1300", "--pin", "0000")
+    assert result.exit_code == cli_users.EXIT_REFUSED, result.output
+    assert "--max-daily" in result.stderr and "10..1200 s" in result.stderr
+    result = real("limits", "set", "guest", "--check-in", "5", "--pin", "0000")
+    assert result.exit_code in (2, cli_users.EXIT_REFUSED), result.output
+    assert "0 (off) or 10..600" in result.output
+    before = json.loads(real("user", "show", "guest", "--json").stdout)["limits"]
+    result = real("limits", "set", "guest", "--check-in", "30", "--max-daily", "900",
+                  "--pin", "0000")
+    assert result.exit_code == 0, result.output
+    shown = json.loads(real("user", "show", "guest", "--json").stdout)
+    assert shown["limits"]["check_in_ms"] == 30000
+    assert shown["limits"]["max_daily_inverted_ms"] == shown["daily_limit_ms"] == 900000
+    output = real("user", "show", "guest").output
+    assert "every 30 s" in output and "of 15 min inverted" in output
+    assert "of 15 min inverted" in real("status").output  # guest is the active user
+    offset = datetime.datetime.now().astimezone().utcoffset().total_seconds()
+    assert json.loads(real("clock", "set", "--json").stdout)["utc_offset_s"] == offset
+    result = real("limits", "set", "guest", "--check-in", str(before["check_in_ms"] / 1000),
+                  "--max-daily", str(before["max_daily_inverted_ms"] / 1000), "--pin", "0000")
+    assert result.exit_code == 0, result.output
+
+
 def test_e2e_session_go_then_stop_seen_in_telemetry(real, sim, tmp_path):
     record = tmp_path / "session.csv"
     sim.press("go")
@@ -369,6 +534,8 @@ def test_e2e_session_go_then_stop_seen_in_telemetry(real, sim, tmp_path):
     assert ends and ends[0]["end"] == "stopped", events[-5:]
     log = json.loads(real("log", "--json").stdout)
     assert log["entries"][-1]["end"] == "stopped"
+    # The day's total includes this session.
+    assert log["entries"][-1]["daily_ms"] >= log["entries"][-1]["inverted_ms"]
     png = tmp_path / "trace.png"
     assert real("plot", "--trace", str(record), "--out", str(png)).exit_code == 0
     assert real("plot", "--out", str(tmp_path / "progress.png")).exit_code == 0

@@ -407,6 +407,20 @@ def test_buttons_and_home_switch_wiring(hal_mod):
     assert hal.home.closed() is True
     ms.sim_set_input(home, None)
     assert hal.home.closed() is False
+    assert hal.grip is None  # no grip_pin in the shipped board file
+
+
+def test_a_dead_man_grip_is_a_pulled_up_contact_and_an_open_wire_is_released(hal_mod):
+    import types
+
+    grip = 14
+    board = types.SimpleNamespace(BOARD=dict(esp32_devkitc.BOARD, grip_pin=grip))
+    hal, _s, _m = _build(hal_mod, board)
+    assert ms.sim_pin(grip).pull == ms.Pin.PULL_UP
+    ms.sim_set_input(grip, 0)  # held: the contact pulls the pin to GND
+    assert hal.grip.pressed() is True
+    ms.sim_set_input(grip, None)  # let go, or the wire cut
+    assert hal.grip.pressed() is False
 
 
 def test_indicator(hal_mod):

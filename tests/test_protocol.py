@@ -175,7 +175,9 @@ def test_info(rig):
     assert data["protocol"] == 1
     assert data["board"] == "esp32_devkitc" and data["chip"] == "esp32"
     assert data["micropython"] is None  # CPython
-    assert data["caps"] == {"max_angle_mdeg": 90000, "max_speed_mdeg_s": 10000}
+    assert data["caps"] == {"max_angle_mdeg": 90000, "max_speed_mdeg_s": 10000,
+                            "max_inverted_ms": 600000, "max_daily_inverted_ms": 1200000,
+                            "grip": False}
     assert data["max_users"] == 8 and data["line_max"] == 512
 
 
@@ -330,7 +332,8 @@ def test_pin_change_and_log_clear(rig):
 
 
 def test_clock_and_log_read(rig):
-    assert rig.ok({"id": 1, "cmd": "clock.set", "epoch_s": 1700000000}) == {"epoch_s": 1700000000}
+    assert rig.ok({"id": 1, "cmd": "clock.set", "epoch_s": 1700000000}) == {
+        "epoch_s": 1700000000, "utc_offset_s": 0}
     rig.error({"id": 2, "cmd": "clock.set", "epoch_s": 5}, "out_of_range")
     for _ in range(3):  # three sessions, each stopped during WARN
         rig.press("go")

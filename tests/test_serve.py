@@ -299,3 +299,21 @@ def test_torn_settings_write_keeps_the_old_settings_and_is_reported(served):
     assert _settings_snapshot(board) == before  # old settings, nothing half-written
     assert board.ok("status")["interrupted_writes"] == ["settings.json"]
     board.ok("program.set", name="ana", angle_mdeg=25000)  # and it works again
+
+
+def test_a_rider_who_faints_on_sim_serve_is_brought_home_and_the_day_is_counted(served):
+    """`faint` on stdin: the simulated rider stops answering the check-in chirp
+    (on for the default user, every 60 s); the firmware returns the table and
+    logs no_response; status and user.get show today's inverted time."""
+    board = served(speed=50)
+    _at_home(board)
+    board.input("go")
+    board.wait_event(lambda e: e["event"] == "state" and e.get("state") == "RAMP", timeout_s=10)
+    board.input("faint")
+    end = board.wait_event(lambda e: e["event"] == "session_end", timeout_s=30)
+    assert end["end"] == "no_response", end
+    _at_home(board)
+    status = board.ok("status")
+    assert status["last_end"] == "no_response"
+    assert 0 < status["daily_used_ms"] <= status["daily_limit_ms"] == 600000
+    assert board.ok("user.get", name="guest")["daily_used_ms"] == status["daily_used_ms"]

@@ -15,9 +15,10 @@ from invtable.firmware.settings import (
 )
 from invtable.hal_sim.flash import PowerLoss, SimFlash
 
-BOARD = {"max_angle_mdeg": 90000, "max_speed_mdeg_s": 10000}
+BOARD = {"max_angle_mdeg": 90000, "max_speed_mdeg_s": 10000}  # exposure caps: defaults
 
-DEFAULT_LIMITS = {"max_angle_mdeg": 30000, "max_inverted_ms": 120000, "max_speed_mdeg_s": 4000}
+DEFAULT_LIMITS = {"max_angle_mdeg": 30000, "max_inverted_ms": 120000, "max_speed_mdeg_s": 4000,
+                  "max_daily_inverted_ms": 600000, "check_in_ms": 60000}
 DEFAULT_PROGRAM = {
     "angle_mdeg": 20000,
     "hold_ms": 60000,
@@ -172,6 +173,28 @@ def test_lower_board_caps_clamp_stored_settings_on_load():
     assert user["program"]["speed_mdeg_s"] == 5000
 
 
+def test_users_stored_before_check_ins_and_daily_limits_get_the_safe_defaults():
+    """A settings file from the firmware before check-ins and the daily cap:
+    its users keep their limits and get check-ins (every 60 s) and the new
+    users' daily limit; a per-session limit above today's board cap is
+    clamped to it (a new firmware can only tighten)."""
+    s = fresh()
+    s.create_user("Ann")
+    s.set_limits("Ann", max_inverted_ms=300000)
+    data, _ = storage.load(s._fs, SETTINGS_FILE)
+    for user in data["users"]:
+        del user["limits"]["check_in_ms"]
+        del user["limits"]["max_daily_inverted_ms"]
+    data["users"][1]["limits"]["max_inverted_ms"] = 900000  # the old 15 min ceiling
+    storage.save(s._fs, SETTINGS_FILE, data)
+    again, status = reloaded(s)
+    assert status == "ok"
+    limits = again.get_user("Ann")["limits"]
+    assert limits["check_in_ms"] == 60000
+    assert limits["max_daily_inverted_ms"] == 600000
+    assert limits["max_inverted_ms"] == 600000
+
+
 def test_unknown_active_user_falls_back_to_first():
     s = fresh()
     s.save()
@@ -234,8 +257,11 @@ def test_non_integers_are_bad_type(value):
         ("set_program", "exit_pause_ms", 60001, "0..60000"),
         ("set_limits", "max_angle_mdeg", 90001, "1000..90000"),
         ("set_limits", "max_angle_mdeg", 0, "1000..90000"),
-        ("set_limits", "max_inverted_ms", 900001, "10000..900000"),
-        ("set_limits", "max_inverted_ms", 9999, "10000..900000"),
+        ("set_limits", "max_inverted_ms", 600001, "10000..600000"),  # the board's cap
+        ("set_limits", "max_inverted_ms", 9999, "10000..600000"),
+        ("set_limits", "max_daily_inverted_ms", 1200001, "10000..1200000"),
+        ("set_limits", "check_in_ms", 600001, "0..600000"),
+        ("set_limits", "check_in_ms", 5000, "0 (off) or 10000..600000"),
         ("set_limits", "max_speed_mdeg_s", 10001, "1000..10000"),
         ("set_progression", "angle_step_mdeg", 5001, "0..5000"),
         ("set_progression", "hold_step_ms", 60001, "0..60000"),
@@ -428,7 +454,7 @@ def _check_invariants(s, board):
         lim, prog = u["limits"], u["program"]
         assert 1000 <= lim["max_angle_mdeg"] <= board["max_angle_mdeg"]
         assert 1000 <= lim["max_speed_mdeg_s"] <= board["max_speed_mdeg_s"]
-        assert 10000 <= lim["max_inverted_ms"] <= 900000
+        assert 10000 <= lim["max_inverted_ms"] <= 600000  # the default board cap
         assert 1000 <= prog["angle_mdeg"] <= lim["max_angle_mdeg"]
         assert 1000 <= prog["speed_mdeg_s"] <= lim["max_speed_mdeg_s"]
         assert 1 <= prog["sets"] <= 5
