@@ -737,6 +737,9 @@ def test_torn_log_write_at_the_end_of_a_session_is_recovered_and_reported():
     assert app.interrupted_writes == ["sessions.json"]
     (entry,) = app.log.entries()
     assert entry["end"] == "interrupted"
+    # The day's exposure kept the session's whole budget (its reservation):
+    # the torn write at its end gave no inverted time back.
+    assert app.daily_used_ms() == LIMITS["max_inverted_ms"]
     assert sim.table.physics.angle_deg <= HOME + 1.5
 
 
