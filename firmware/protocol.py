@@ -113,6 +113,14 @@ _COMMANDS = {
     "setup.cancel": ("_cmd_setup_cancel", _NO_ARGS, _NO_ARGS, False, False),
 }
 COMMANDS = tuple(sorted(_COMMANDS))
+# Requests that only read (or, like stop and telemetry, do the same however
+# often they come): a repeat is simply done again. Any other request that
+# repeats one of the last _REPLAYS exactly (the same id and the same line) is
+# answered with its first reply, not done twice: a host that lost the reply
+# sends the same request again.
+_READ_ONLY = ("info", "status", "stop", "telemetry", "user.list", "user.get", "log.read",
+              "setup.status")
+_REPLAYS = const(2)
 
 
 class ProtocolError(Exception):
@@ -311,6 +319,12 @@ class Protocol:
         self._period_ms = 0
         self._last_tele_ms = 0
         self.requests = 0  # requests handled (for tests and benchmarks)
+        # (id, hash of the line, reply bytes) of the last state-changing
+        # requests, newest last.
+        self._replays = []
+        self._replay_key = None
+        self._last_sent = None
+        self.replayed = 0  # repeats answered from _replays (for tests)
 
     # ------------------------------------------------------------------ poll
     def poll(self, now_ms):
@@ -360,6 +374,17 @@ class Protocol:
 
     # -------------------------------------------------------------- requests
     def _handle_line(self, n, now_ms):
+        self._replay_key = None
+        self._last_sent = None
+        self._answer(n, now_ms)
+        key = self._replay_key
+        if key is not None and self._last_sent is not None:
+            # Its reply (ok or error), for a repeat of the same line.
+            self._replays.append((key[0], key[1], self._last_sent))
+            if len(self._replays) > _REPLAYS:
+                self._replays.pop(0)
+
+    def _answer(self, n, now_ms):
         self.requests += 1
         req_id = None
         try:
@@ -401,6 +426,14 @@ class Protocol:
             spec = _COMMANDS.get(cmd)
             if spec is None:
                 raise ProtocolError("unknown_cmd", "no command %s" % _short(cmd))
+            if req_id is not None and cmd not in _READ_ONLY:
+                line = hash(text)
+                for rid, rline, reply in self._replays:
+                    if rid == req_id and rline == line:
+                        self.replayed += 1
+                        self.link.write(reply)  # done once already: the same answer
+                        return
+                self._replay_key = (req_id, line)
             data = self._dispatch(cmd, spec, req, now_ms)
         except ProtocolError as error:
             self._send_error(req_id, error.code, error.message, error.details)
@@ -425,6 +458,9 @@ class Protocol:
             self.app.last_error = "protocol: " + message
             self._send_error(req_id, "internal", message)
             return
+        self._reply(req_id, data)
+
+    def _reply(self, req_id, data):
         self._send({"id": req_id, "ok": True, "data": data})
 
     def _dispatch(self, cmd, spec, req, now_ms):
@@ -721,7 +757,9 @@ class Protocol:
         self._send({"id": req_id, "ok": False, "error": error})
 
     def _send(self, obj):
-        self.link.write((json.dumps(obj) + "\n").encode())
+        data = (json.dumps(obj) + "\n").encode()
+        self._last_sent = data
+        self.link.write(data)
 
 
 def _short(value):

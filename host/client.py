@@ -8,16 +8,22 @@
 
 ``request`` sends one line with a fresh ``id`` and reads lines until the reply
 with that id; events read meanwhile are queued for ``events()`` /
-``next_event()``. An error reply raises ``ProtocolError`` (or a subclass for the
-codes a caller treats differently) carrying the stable ``code``, the human
-``message`` and the ``details``. Problems with the link itself raise
-``ConnectionProblem`` subclasses.
+``next_event()``. Each request starts with a newline, so garbage left on the
+line by anything else ends before it (the board drops an over-long line up
+to its newline, and would drop the request with it); a request without a
+reply is sent again, with the same id, every ``RESEND_S`` until the timeout
+(the board answers a repeated state-changing request from its first reply
+instead of doing it twice; docs/protocol.md). An error reply raises
+``ProtocolError`` (or a subclass for the codes a caller treats differently)
+carrying the stable ``code``, the human ``message`` and the ``details``.
+Problems with the link itself raise ``ConnectionProblem`` subclasses.
 """
 
 import collections
 import contextlib
 import errno
 import json
+import random
 import time
 
 import serial
@@ -26,6 +32,8 @@ import serial.tools.list_ports
 PROTOCOL_VERSION = 1
 LINE_MAX = 512
 DEFAULT_TIMEOUT_S = 3.0
+RESEND_S = 1.0  # a request without a reply this long is sent again (same id)
+ID_MAX = 2147483647
 BAUDRATE = 115200
 # Input without a newline beyond this is garbage (a board's lines are <= 512 bytes,
 # telemetry far less): dropped so a noisy line cannot grow memory without bound.
@@ -204,8 +212,12 @@ class Client:
         self._rx = bytearray()
         self._lines = collections.deque()
         self._events = collections.deque()
-        self._next_id = 1
+        # Ids start at random, so two invtable processes one after the other
+        # never send the same id for different requests (the board takes a
+        # repeated id and line as a resend).
+        self._next_id = random.SystemRandom().randint(1, ID_MAX // 2)
         self.ignored_lines = 0  # not JSON objects we know (e.g. a REPL banner)
+        self.sends = 0  # times the last request was sent (1 + its resends)
 
     # -- lifetime -------------------------------------------------------
     def close(self):
@@ -261,6 +273,9 @@ class Client:
         data = text.encode("utf-8") + b"\n"
         if len(data) > LINE_MAX:
             raise ValueError(f"request is {len(data)} bytes; the board takes at most {LINE_MAX}")
+        self._write(b"\n" + data)  # the newline first ends any garbage before it
+
+    def _write(self, data):
         try:
             self._serial.write(data)
             self._serial.flush()
@@ -274,14 +289,21 @@ class Client:
         Raises ProtocolError (or a subclass) for an error reply and ReplyTimeout
         when no reply comes within ``timeout`` (default: the client's)."""
         request_id = self._next_id
-        self._next_id = self._next_id + 1 if self._next_id < 2147483647 else 1
+        self._next_id = self._next_id + 1 if self._next_id < ID_MAX else 1
         message = {"id": request_id, "cmd": cmd}
         message.update(args)
-        self.send_line(json.dumps(message, separators=(",", ":")))
+        line = json.dumps(message, separators=(",", ":"))
+        self.send_line(line)
+        self.sends = 1
         wait = self.timeout if timeout is None else timeout
         deadline = time.monotonic() + wait
         while True:
-            reply = self._read_message(deadline)
+            resend_at = min(deadline, time.monotonic() + RESEND_S)
+            reply = self._read_message(resend_at)
+            if reply is None and time.monotonic() < deadline:
+                self.send_line(line)  # lost on the way there or back: again, same id
+                self.sends += 1
+                continue
             if reply is None:
                 raise ReplyTimeout(
                     f"no reply to {cmd!r} from {self.port} within {wait:g} s: is the invtable "

@@ -63,6 +63,7 @@ class FakeBoard:
         self.requests = []
         self.garbage_before_reply = False
         self.silent = False
+        self.drop_next = 0  # requests to lose on the way (no reply)
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, daemon=True)
         self._thread.start()
@@ -99,6 +100,8 @@ class FakeBoard:
                            "remaining_ms": None, "sets_done": 0, "fault": None})
 
     def _handle(self, line):
+        if not line.strip():
+            return  # empty lines are ignored, as the firmware does
         try:
             req = json.loads(line)
         except ValueError:
@@ -107,6 +110,9 @@ class FakeBoard:
             return
         self.requests.append(dict(req))
         if self.silent:
+            return
+        if self.drop_next > 0:
+            self.drop_next -= 1
             return
         rid = req.pop("id", None)
         cmd = req.pop("cmd", None)

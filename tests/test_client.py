@@ -28,8 +28,19 @@ def test_request_returns_data_and_ids_increment(cl, board):
     assert cl.request("info")["protocol"] == C.PROTOCOL_VERSION
     assert cl.request("user.list")["users"][0]["name"] == "guest"
     ids = [r["id"] for r in board.requests]
-    assert ids == [1, 2]
+    assert ids[1] == ids[0] + 1 and 1 <= ids[0] <= C.ID_MAX // 2
     assert board.requests[1]["cmd"] == "user.list"
+
+
+def test_each_client_starts_its_ids_somewhere_else(board):
+    """Two invtable processes one after the other never send the same id for
+    different requests (the board would take the second for a resend)."""
+    firsts = []
+    for _ in range(3):
+        with C.Client(board.path, timeout=2) as client:
+            client.request("info")
+        firsts.append(board.requests[-1]["id"])
+    assert len(set(firsts)) == 3
 
 
 def test_garbage_stale_replies_and_events_are_skipped(cl, board):
@@ -165,3 +176,45 @@ def test_reply_read_while_other_thread_writes_events(board):
             thread.join()
         assert client.drain_events()
         assert json.dumps(client.request("info"))
+
+
+def test_a_request_without_a_reply_is_sent_again_with_the_same_id(cl, board):
+    board.drop_next = 2  # the first two sends are lost
+    assert cl.request("status", timeout=4)["state"] == "HOME"
+    assert cl.sends == 3
+    sent = [r["id"] for r in board.requests]
+    assert len(sent) == 3 and len(set(sent)) == 1
+
+
+def test_no_reply_at_all_times_out_after_resending(cl, board):
+    board.silent = True
+    started = time.monotonic()
+    with pytest.raises(C.ReplyTimeout):
+        cl.request("status", timeout=2.5)
+    assert 2.4 <= time.monotonic() - started < 4
+    assert cl.sends == 3  # at 0, 1 and 2 s
+
+
+def test_a_request_right_after_a_long_garbage_line_succeeds_on_the_real_firmware(tmp_path):
+    """6000 bytes of garbage without a newline on the line (a terminal, a
+    baud-rate mix-up), then a request: the client's leading newline ends the
+    garbage, the firmware answers."""
+    import subprocess
+    import sys
+
+    proc = subprocess.Popen([sys.executable, "-m", "invtable.host.cli", "sim", "serve",
+                             "--state-dir", str(tmp_path / "flash"), "--speed", "5"],
+                            stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+    try:
+        port = proc.stdout.readline().strip()
+        threading.Thread(target=proc.stdout.read, daemon=True).start()
+        with C.Client(port, timeout=5) as client:
+            client.request("status")  # the firmware is up
+            client._serial.write(b"\xffgarbage " * 667)  # 6003 bytes, no newline
+            client._serial.flush()
+            time.sleep(0.3)
+            assert client.request("status")["state"] in ("BOOT", "HOME")
+            assert client.sends == 1
+    finally:
+        proc.terminate()
+        proc.wait(10)

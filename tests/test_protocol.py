@@ -1052,3 +1052,37 @@ def test_random_bytes_falls_back_without_urandom(monkeypatch):
     a = random_bytes(16, lambda: 1234)
     b = random_bytes(16, lambda: 1234)
     assert len(a) == 16 and a != b  # differs per call even at the same tick
+
+
+# ------------------------------------------------ repeated requests (a lost reply)
+def test_a_repeated_state_changing_request_is_answered_again_not_done_twice(rig):
+    """A host whose reply got lost sends the very same line again: the board
+    answers it with the first reply and does nothing twice."""
+    create = {"id": 77, "cmd": "user.create", "name": "kim", "pin": ADMIN_PIN}
+    first = rig.request(create)
+    again = rig.request(create)
+    assert first["ok"] is True and again == first
+    assert rig.app.settings.list_users().count("kim") == 1
+    assert rig.app.protocol.replayed == 1
+    # The same request with a new id is a new request (and refused: it exists).
+    rig.error(dict(create, id=78), "exists")
+
+
+def test_a_repeated_wrong_pin_costs_one_attempt(rig):
+    wrong = {"id": 90, "cmd": "log.clear", "pin": "9999"}
+    first = rig.request(wrong)
+    assert rig.request(wrong) == first and first["error"]["code"] == "bad_pin"
+    assert rig.app.auth.fails == 1
+
+
+def test_reads_are_done_again_and_only_the_last_two_changes_are_remembered(rig):
+    before = rig.app.protocol.requests
+    rig.ok({"id": 5, "cmd": "status"})
+    rig.ok({"id": 5, "cmd": "status"})
+    assert rig.app.protocol.replayed == 0 and rig.app.protocol.requests == before + 2
+    for k, name in enumerate(("a1", "a2", "a3")):
+        rig.ok({"id": 200 + k, "cmd": "user.create", "name": name, "pin": ADMIN_PIN})
+    # The oldest of the three is forgotten: repeating it is a new request.
+    rig.error({"id": 200, "cmd": "user.create", "name": "a1", "pin": ADMIN_PIN}, "exists")
+    again = rig.request({"id": 202, "cmd": "user.create", "name": "a3", "pin": ADMIN_PIN})
+    assert again["ok"] is True and rig.app.protocol.replayed == 1
