@@ -80,6 +80,11 @@ F_CANNOT_FOLLOW = "cannot_follow"  # the table moves, but persistently slower th
 F_SETUP_LEFT = "setup_left_away"  # commissioning was left with the table away from home
 
 WARN_MS = const(2000)  # audible warning between GO and the first motion
+# Time counters stop here (6.2 days): every threshold is far below, and a
+# counter past 2**30 would no longer be a small int on the ESP32 (a heap
+# allocation on every tick of a table idle at home for two weeks).
+TIME_COUNT_MAX_MS = const(1 << 29)
+_ALARM_PERIOD_MS = const(1000)  # the fault alarm: 500 ms on, 500 ms off
 # A session needs at least this much of the user's daily allowance left
 # (the shortest per-session limit a user may have).
 DAILY_MIN_SESSION_MS = const(10000)
@@ -231,6 +236,7 @@ class Controller:
         self._pause_done = False
         self._seek_ms = 0
         self._warning_ms = 0
+        self._alarm_ms = 0  # phase of the fault alarm's beeps
         self.imu_health = ImuHealth()
         self.overload = OverloadMonitor()
         self.retry_return = RetryReturn()
@@ -277,7 +283,8 @@ class Controller:
                 dt = 5 * self.dt_nominal_ms
         self._last_ms = now_ms
         self._dt_ms = dt
-        self._state_ms += dt
+        if self._state_ms < TIME_COUNT_MAX_MS:
+            self._state_ms += dt
         self.session_ended = False
 
         self.go.update(inp.go)
@@ -873,7 +880,9 @@ class Controller:
 
     # ------------------------------------------------------------------ fault
     def _run_fault(self, dt):
-        self._fault_ms += dt
+        if self._fault_ms < TIME_COUNT_MAX_MS:
+            self._fault_ms += dt
+        self._alarm_ms = (self._alarm_ms + dt) % _ALARM_PERIOD_MS
         if self.go.pressed:
             self._warn("go_refused_fault")
         mode = self._go_home_mode
@@ -975,10 +984,11 @@ class Controller:
     # ------------------------------------------------------------- indicator
     def _indicate(self, dt):
         t = self._state_ms
-        self._warning_ms += dt
+        if self._warning_ms < TIME_COUNT_MAX_MS:
+            self._warning_ms += dt
         state = self.state
         if state == FAULT:
-            self.beep = (self._fault_ms // 500) % 2 == 0  # alarm: 1 Hz, never silent
+            self.beep = self._alarm_ms < _ALARM_PERIOD_MS // 2  # alarm: 1 Hz, never silent
             self.led = self.beep
         elif state == WARN:
             self.beep = (t // 250) % 2 == 0
