@@ -16,7 +16,7 @@ from .exposure import EXPOSURE_FILE, DailyExposure, day_number
 from .last_resort import LastResort
 from .program import DEFAULT_MAX_DAILY_INVERTED_MS
 from .sessionlog import LOG_FILE, SessionLog
-from .settings import DEFAULTS_CORRUPT, SETTINGS_FILE, Settings
+from .settings import DEFAULTS_CORRUPT, NEWER_VERSION, SETTINGS_FILE, Settings
 
 # The state status reports while commissioning runs instead of the controller.
 SETUP = "SETUP"
@@ -132,6 +132,10 @@ class App:
         except Exception as error:  # noqa: BLE001 - the loop must run regardless
             self.last_error = "settings: %s: %s" % (type(error).__name__, error)
         self._apply_settings()
+        # Files a newer firmware wrote: kept untouched, and GO refused until
+        # that firmware is back or the file is removed (storage.NEWER).
+        self.newer_files = self._newer_files()
+        self._block_if_newer()
         self.protocol = None
         if hal.link is not None:
             from .protocol import Protocol
@@ -168,6 +172,7 @@ class App:
             "check_in_waiting": ctl.check_in.waiting,
             # What main.py found at boot and ran on anyway (imu_not_found).
             "boot_errors": [code for code, _ in getattr(self.hal, "boot_errors", ())],
+            "newer_files": list(self.newer_files),
         }
 
     def state_name(self):
@@ -373,7 +378,10 @@ class App:
             age_ms, day = self.board_age_ms(), self.day()
             self.exposure.settle(entry["user"], ctl.inverted_ms, age_ms, day)
             entry["daily_ms"] = self.daily_used_ms(entry["user"])
-            self.log.append(entry)
+            try:
+                self.log.append(entry)
+            except (OSError, ValueError) as error:
+                self.last_error = "log: %s" % error
             # After the log: a power cut between the two leaves the reservation
             # on flash (more than was used, never less).
             try:
@@ -479,11 +487,29 @@ class App:
         # A fresh controller: the old one's state may be what broke.
         self._replace_controller(F_CRASH, old)
 
+    def _newer_files(self):
+        found = []
+        for name, status in (
+            (SETTINGS_FILE, self.settings_status),
+            (AUTH_FILE, self.auth.load_status if self.auth is not None else None),
+            (LOG_FILE, self.log.status),
+            (EXPOSURE_FILE, self.exposure.status),
+            (calibration.CALIB_FILE, self.calib_status),
+        ):
+            if status in (storage.NEWER, NEWER_VERSION):
+                found.append(name)
+        return found
+
+    def _block_if_newer(self):
+        if self.newer_files:
+            self.ctl.start_blocked = "go_refused_newer_data"
+
     def _replace_controller(self, boot_fault=None, old=None):
         """A fresh controller on the current calibration, with the program
         (and, after a crash, the rider's exposure so far)."""
         self.ctl = Controller(self.board, self.calib)
         self.ctl.daily_remaining = self.daily_remaining_ms
+        self._block_if_newer()
         if old is not None:
             self.ctl.inherit(old)
         if boot_fault is not None:

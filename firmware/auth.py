@@ -33,6 +33,7 @@ from . import storage
 from .compat import ticks_add, ticks_diff
 
 AUTH_FILE = "auth.json"
+AUTH_SCHEMA = 2  # 1: the same record without "schema"
 DEFAULT_PIN = "0000"
 PIN_MIN_LEN = 4
 PIN_MAX_LEN = 8
@@ -106,7 +107,11 @@ class Auth:
         self._random = random_bytes_fn
         self._iterations = iterations
         self._lock_until = None
-        rec, self.load_status = storage.load(fs, AUTH_FILE)
+        rec, _version, self.load_status = storage.load_versioned(fs, AUTH_FILE, AUTH_SCHEMA)
+        # A PIN record from a newer firmware is kept untouched: no PIN can be
+        # checked or changed against it (a default PIN in its place would let
+        # anyone in), so every admin request is refused until it is resolved.
+        self.newer = self.load_status == storage.NEWER
         if self.load_status == storage.OK:
             try:
                 rec = self._parse(rec)
@@ -125,6 +130,7 @@ class Auth:
         if len(salt) != SALT_BYTES:
             raise ValueError("random_bytes_fn returned the wrong length")
         return {
+            "schema": AUTH_SCHEMA,
             "salt": hexlify(salt).decode(),
             "hash": hexlify(hash_pin(pin, salt, self._iterations)).decode(),
             "iter": self._iterations,
@@ -155,6 +161,7 @@ class Auth:
         return out
 
     def _store(self, rec):
+        rec["schema"] = AUTH_SCHEMA
         storage.save(self._fs, AUTH_FILE, rec)
         self._rec = rec
 
@@ -196,7 +203,11 @@ class Auth:
 
     # -- API -------------------------------------------------------------
     def check(self, pin, now_ms=None):
-        """True for the right PIN; else AuthError "locked" or "bad_pin"."""
+        """True for the right PIN; else AuthError "locked" or "bad_pin"
+        ("newer_version" when the PIN record is a newer firmware's)."""
+        if self.newer:
+            raise AuthError("newer_version", AUTH_FILE + " was written by a newer firmware: "
+                            "deploy that firmware again, or erase the board (README)")
         if now_ms is None:
             now_ms = self._clock()
         left = self.retry_after_ms(now_ms)

@@ -207,6 +207,9 @@ class Controller:
         # The App's daily allowance: a function -> ms left today for the
         # active user, asked at each GO that opens a session (None: no limit).
         self.daily_remaining = None
+        # A refusal the App sets while GO must not start anything (a file on
+        # flash from a newer firmware that this one cannot use).
+        self.start_blocked = None
 
         self.session = None  # program.Session while a session is open
         self._pending = None  # (program, limits) for the next GO
@@ -634,6 +637,8 @@ class Controller:
             return "go_refused_stop_pressed"
         if self.fault is not None:
             return "go_refused_fault"
+        if self.start_blocked is not None:
+            return self.start_blocked
         if not self.commissioned:
             return "go_refused_not_commissioned"
         self._check_home_rest(True)

@@ -48,8 +48,11 @@ class DailyExposure:
         self._reserved = None  # (user, entry) of the session now open
 
     def load(self):
-        data, status = storage.load(self.fs, EXPOSURE_FILE)
+        data, _version, status = storage.load_versioned(self.fs, EXPOSURE_FILE, SCHEMA)
         self.users = {}
+        if status == storage.NEWER:
+            self.status = status  # a newer firmware's: kept untouched, GO refused
+            return status
         if status == storage.OK and _valid(data):
             self.age_base_ms = data["age_ms"]
             self.users = data["users"]
@@ -94,6 +97,8 @@ class DailyExposure:
 
     def save(self, age_ms, day):
         """Prune what counts no more, write atomically (OSError on flash errors)."""
+        if self.status == storage.NEWER:
+            raise OSError(EXPOSURE_FILE + " was written by a newer firmware: not changed")
         for name in list(self.users):
             kept = [e for e in self.users[name] if _may_count(e, age_ms, day)]
             while len(kept) > MAX_ENTRIES:

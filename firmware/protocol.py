@@ -668,6 +668,9 @@ class Protocol:
         }
 
     def _cmd_log_clear(self, args, now_ms):
+        if self.app.log.status == "newer_version":
+            raise ProtocolError("newer_version", "the session log was written by a newer "
+                                "firmware: it is kept as it is")
         self.app.log.clear()
         return {}
 

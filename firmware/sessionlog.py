@@ -15,6 +15,10 @@ has ended (or, at boot, for one that a reset interrupted).
 from . import storage
 
 LOG_FILE = "sessions.json"
+# 1: a bare list of entries (before schemas and daily_ms); 2: {"schema": 2,
+# "entries": [...]}. A log from a newer firmware is kept untouched: nothing
+# is appended to it (status "newer_version").
+SCHEMA = 2
 MAX_ENTRIES = 50
 ENDS = ("completed", "stopped", "limit", "fault", "interrupted", "calibration_changed",
         "no_response", "grip_released")
@@ -68,13 +72,13 @@ class SessionLog:
         self.status = self.load()
 
     def load(self):
-        """Read flash; "ok", "missing" or "corrupt" (a corrupt log starts empty
-        and is replaced by the next append)."""
-        data, status = storage.load(self._fs, LOG_FILE)
+        """Read flash; "ok", "missing", "corrupt" (a corrupt log starts empty
+        and is replaced by the next append) or "newer_version" (kept, read-only)."""
+        data, version, status = storage.load_versioned(self._fs, LOG_FILE, SCHEMA)
         entries = []
         if status == storage.OK:
             try:
-                for e in data:
+                for e in data if version == 1 else data["entries"]:
                     entries.append(check_entry(e))
             except Exception:  # malformed content: as corrupt
                 entries = []
@@ -88,7 +92,7 @@ class SessionLog:
         entries = self._entries + [check_entry(entry)]
         if len(entries) > self._max:
             entries = entries[-self._max :]
-        storage.save(self._fs, LOG_FILE, entries)
+        self._save(entries)
         self._entries = entries
         self.status = storage.OK  # a missing or corrupt log is now replaced
 
@@ -100,6 +104,11 @@ class SessionLog:
         return len(self._entries)
 
     def clear(self):
-        storage.save(self._fs, LOG_FILE, [])
+        self._save([])
         self._entries = []
         self.status = storage.OK
+
+    def _save(self, entries):
+        if self.status == storage.NEWER:
+            raise ValueError(LOG_FILE + " was written by a newer firmware: not changed")
+        storage.save(self._fs, LOG_FILE, {"schema": SCHEMA, "entries": entries})

@@ -23,6 +23,11 @@ from .program import DEFAULT_MAX_DAILY_INVERTED_MS, DEFAULT_MAX_INVERTED_MS
 from .rider import CHECK_IN_DEFAULT_MS, CHECK_IN_MAX_MS, CHECK_IN_MIN_MS
 
 SETTINGS_FILE = "settings.json"
+# 1: users and active only (before rider check-ins and the daily limit);
+# 2: the same with "schema": 2 and the limits check_in_ms, max_daily_inverted_ms.
+# Version 1 files migrate on load (the new limits take their defaults, which
+# only tighten); a newer file is kept untouched and nothing is saved over it.
+SCHEMA = 2
 MAX_USERS = 8
 NAME_MAX_LEN = 16
 DEFAULT_USER = "guest"
@@ -31,6 +36,7 @@ DEFAULT_USER = "guest"
 LOADED = "ok"
 DEFAULTS_MISSING = "defaults_missing"
 DEFAULTS_CORRUPT = "defaults_corrupt"
+NEWER_VERSION = "settings_newer_version"  # defaults in RAM, the file kept, no saves
 
 # Limits: (field, min, max, default). max None = the board's cap of that name.
 LIMIT_FIELDS = (
@@ -65,7 +71,7 @@ _PROGRAM_LIMIT = {"angle_mdeg": "max_angle_mdeg", "speed_mdeg_s": "max_speed_mde
 
 
 class SettingsError(Exception):
-    """code: "bad_type", "out_of_range", "unknown_field", "bad_name",
+    """code: "bad_type", "out_of_range", "unknown_field", "bad_name", "newer_version",
     "not_found", "exists", "full", "last_user"."""
 
     def __init__(self, code, message, allowed=None):
@@ -267,6 +273,7 @@ class Settings:
         _cap(board, "max_angle_mdeg")
         _cap(board, "max_speed_mdeg_s")
         self.status = DEFAULTS_MISSING
+        self.version = SCHEMA  # of the file loaded (older ones migrate)
         self._set_defaults()
 
     def _set_defaults(self):
@@ -275,9 +282,16 @@ class Settings:
 
     # -- persistence -----------------------------------------------------
     def load(self):
-        """Read flash. Returns (and keeps in .status) "ok", "defaults_missing"
-        or "defaults_corrupt"."""
-        data, status = storage.load(self._fs, SETTINGS_FILE)
+        """Read flash. Returns (and keeps in .status) "ok", "defaults_missing",
+        "defaults_corrupt" or "settings_newer_version"."""
+        data, version, status = storage.load_versioned(self._fs, SETTINGS_FILE, SCHEMA)
+        if status == storage.NEWER:
+            # Written by a newer firmware: never misread, never overwritten.
+            self._set_defaults()
+            self.version = version
+            self.status = NEWER_VERSION
+            return self.status
+        self.version = version
         users = None
         if status == storage.OK:
             try:
@@ -307,7 +321,14 @@ class Settings:
         self._commit(self._users, self._active)
 
     def _commit(self, users, active):
-        storage.save(self._fs, SETTINGS_FILE, {"users": users, "active": active})
+        if self.status == NEWER_VERSION:
+            raise SettingsError(
+                "newer_version",
+                SETTINGS_FILE + " was written by a newer firmware (schema " + str(self.version)
+                + "): deploy that firmware again, or remove the file to start over",
+            )
+        storage.save(self._fs, SETTINGS_FILE, {"schema": SCHEMA, "users": users,
+                                               "active": active})
         self._users = users
         self._active = active
 

@@ -10,6 +10,12 @@ either the old file or the new one under ``name``; a torn ``.new`` is ignored
 and removed by the next ``load``. The checksum catches anything else (bit rot,
 a hand-edited file): ``load`` then reports "corrupt" and the caller falls back
 to its conservative defaults.
+
+Versions: each kind of file carries its own ``"schema"`` number in its data
+(files written before schemas existed have none: version 1). A file from a
+newer firmware (a schema, or this envelope's version, above what this
+firmware knows) is ``NEWER``: never misread as corrupt, never overwritten;
+the caller keeps it untouched and refuses what it cannot do without it.
 """
 
 import hashlib
@@ -22,6 +28,7 @@ FORMAT_VERSION = 1
 OK = "ok"
 MISSING = "missing"
 CORRUPT = "corrupt"
+NEWER = "newer_version"
 
 TMP_SUFFIX = ".new"
 _DIGEST_HEX_LEN = 64
@@ -50,7 +57,11 @@ def decode(raw):
         doc = json.loads(body)
     except Exception:  # ValueError, UnicodeError: any parse failure is corruption
         return None, CORRUPT
-    if not isinstance(doc, dict) or doc.get("v") != FORMAT_VERSION or "data" not in doc:
+    if not isinstance(doc, dict) or "data" not in doc or not isinstance(doc.get("v"), int):
+        return None, CORRUPT
+    if doc["v"] > FORMAT_VERSION:
+        return None, NEWER
+    if doc["v"] != FORMAT_VERSION:
         return None, CORRUPT
     return doc["data"], OK
 
@@ -61,6 +72,21 @@ def save(fs, name, obj):
     tmp = name + TMP_SUFFIX
     fs.write_bytes(tmp, encode(obj))
     fs.rename(tmp, name)
+
+
+def load_versioned(fs, name, schema):
+    """(data, version, status) for a file whose data names its ``"schema"``
+    (none: version 1): OK up to ``schema`` (the caller migrates older ones),
+    NEWER above it, else MISSING / CORRUPT with data None."""
+    data, status = load(fs, name)
+    if status != OK:
+        return None, 0, status
+    version = data.get("schema", 1) if isinstance(data, dict) else 1
+    if not isinstance(version, int) or isinstance(version, bool) or version < 1:
+        return None, 0, CORRUPT
+    if version > schema:
+        return None, version, NEWER
+    return data, version, OK
 
 
 def load(fs, name):

@@ -29,6 +29,13 @@ def _sim_run(*args):
     return CliRunner().invoke(main, ["sim", "run", *args])
 
 
+def stored_log(flash):
+    """The session log's entries as they are on flash (schema 2 layout)."""
+    data, status = storage.load(flash, LOG_FILE)
+    assert status == storage.OK and data["schema"] == 2, (status, data)
+    return data["entries"]
+
+
 @pytest.mark.parametrize("kind", KINDS)
 def test_the_reproducer_runs_to_the_end(kind):
     result = _sim_run(*REPRODUCER, "--event", "20:" + kind)
@@ -75,8 +82,7 @@ def test_the_log_is_intact_after_the_extra_reboot(kind):
     assert app is not None and app.interrupted
     # The cut write was reported; the old copy (here: no log yet) was used.
     assert LOG_FILE in app.interrupted_writes
-    entries, status = storage.load(sim.flash, LOG_FILE)
-    assert status == storage.OK
+    entries = stored_log(sim.flash)
     assert [e["end"] for e in entries] == ["interrupted"]
     assert app.log.entries() == entries
     assert sim.flash.read_bytes(MARKER_FILE) is None  # the session is closed
@@ -101,8 +107,7 @@ def test_an_old_log_survives_a_power_cut_in_the_boot_write():
     for _ in range(200):  # dark, boot (cut), dark, boot
         sim.tick()
     assert sim.boots == 3 and sim.app is not None
-    entries, status = storage.load(sim.flash, LOG_FILE)
-    assert status == storage.OK
+    entries = stored_log(sim.flash)
     assert [e["end"] for e in entries] == ["completed", "interrupted"]
 
 
@@ -122,7 +127,6 @@ def test_sim_serve_boots_again_after_a_power_cut_in_the_boot_write(tmp_path):
     assert board.powered
     app = board.app
     assert LOG_FILE in app.interrupted_writes
-    entries, status = storage.load(board.flash, LOG_FILE)
-    assert status == storage.OK
+    entries = stored_log(board.flash)
     assert [e["end"] for e in entries] == ["interrupted"]
     assert board.flash.read_bytes(MARKER_FILE) is None

@@ -128,7 +128,7 @@ def _with_valid_checksum(body):
     [
         b'{"v": 1, "data": ',  # truncated JSON
         b"\xff\xfe not utf-8",
-        b'{"v": 2, "data": 1}',  # a future format
+        b'{"v": 0, "data": 1}',
         b'{"data": 1}',
         b'{"v": 1}',
         b"[1, 2]",
@@ -138,6 +138,28 @@ def test_bad_content_with_good_checksum_is_corrupt(body):
     fs = SimFlash()
     fs.write_bytes("s.json", _with_valid_checksum(body))
     assert storage.load(fs, "s.json") == (None, "corrupt")
+
+
+def test_a_newer_envelope_is_newer_not_corrupt():
+    """A file from a firmware that changed the file format is never misread
+    as damaged (and so never replaced by defaults)."""
+    fs = SimFlash()
+    fs.write_bytes("s.json", _with_valid_checksum(b'{"v": 2, "data": 1}'))
+    assert storage.load(fs, "s.json") == (None, storage.NEWER)
+
+
+@pytest.mark.parametrize(("data", "expected"), [
+    ({"x": 1}, ({"x": 1}, 1, "ok")),  # written before schemas: version 1
+    ([1, 2], ([1, 2], 1, "ok")),
+    ({"schema": 3, "x": 1}, ({"schema": 3, "x": 1}, 3, "ok")),
+    ({"schema": 4, "x": 1}, (None, 4, "newer_version")),
+    ({"schema": "2"}, (None, 0, "corrupt")),
+    ({"schema": 0}, (None, 0, "corrupt")),
+])
+def test_versioned_loads(data, expected):
+    fs = SimFlash()
+    storage.save(fs, "s.json", data)
+    assert storage.load_versioned(fs, "s.json", 3) == expected
 
 
 @pytest.mark.parametrize("raw", [b"", b"\n", b"garbage", b"x" * 64 + b"\n{}"])
