@@ -7,6 +7,14 @@ here above the board's caps.
 
 
 DEFAULT_MAX_INVERTED_MS = 600000  # a board file without max_inverted_ms
+# What the controller runs a program field with, whatever a caller asks
+# (settings are tighter still: firmware/settings.py): (low, high).
+SESSION_BOUNDS = {
+    "hold_ms": (0, 3600000),
+    "sets": (1, 20),
+    "rest_ms": (0, 3600000),
+    "exit_pause_ms": (0, 600000),
+}
 DEFAULT_MAX_DAILY_INVERTED_MS = 1200000  # ... without max_daily_inverted_ms
 
 
@@ -32,10 +40,11 @@ class Session:
         # "up to 10 minutes"); a board file without one gets that.
         inverted_cap = board.get("max_inverted_ms", DEFAULT_MAX_INVERTED_MS)
         self.max_inverted_ms = _bounded(limits["max_inverted_ms"], 0, inverted_cap)
-        self.hold_ms = _bounded(program["hold_ms"], 0, 3600000)
-        self.sets = _bounded(program["sets"], 1, 20)
-        self.rest_ms = _bounded(program["rest_ms"], 0, 3600000)
-        self.exit_pause_ms = _bounded(program.get("exit_pause_ms", 0), 0, 600000)
+        self.hold_ms = _bounded(program["hold_ms"], *SESSION_BOUNDS["hold_ms"])
+        self.sets = _bounded(program["sets"], *SESSION_BOUNDS["sets"])
+        self.rest_ms = _bounded(program["rest_ms"], *SESSION_BOUNDS["rest_ms"])
+        self.exit_pause_ms = _bounded(program.get("exit_pause_ms", 0),
+                                      *SESSION_BOUNDS["exit_pause_ms"])
         # Rider check-ins (rider.CheckIn): 0 = off; limits without the field
         # (older callers) have none.
         check_in = limits.get("check_in_ms", 0)

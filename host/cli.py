@@ -11,6 +11,8 @@ from invtable.firmware.program import DEFAULT_MAX_INVERTED_MS
 from invtable.hal_sim.scenario import ACTIONS as SIM_ACTIONS
 from invtable.host import simview
 from invtable.host.boards import DEFAULT_BOARD, board_names, board_with_grip, load_board
+from invtable.host.cli_common import InvtableGroup, writable_file
+from invtable.host.ranges import session_range, setting_range
 from invtable.host.worlds import make_world, read_world_file, world_option
 
 # A beginner's session from the source documents: 15-30 deg for 30 s - 2 min,
@@ -27,7 +29,7 @@ DEMO_PROGRAM = {
 DEMO_LIMITS = {"max_angle_deg": 30.0, "max_inverted_s": 150.0}
 
 
-@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+@click.group(cls=InvtableGroup, context_settings={"help_option_names": ["-h", "--help"]})
 @click.version_option(__version__, prog_name="invtable")
 def main():
     """Firmware and host tools for a motorised inversion table.
@@ -60,19 +62,29 @@ def _board(ctx, param, name):
         raise click.BadParameter(error.args[0], ctx=ctx, param=param) from None
 
 
+def _session_s(field):
+    """The controller's bounds of a program time (firmware/program.Session), in s."""
+    return tuple(value / 1000 for value in session_range(field))
+
+
 @sim.command("run")
 @click.option("--trace", "trace_path", type=click.Path(dir_okay=False, writable=True),
+              callback=writable_file,
               help="Write one CSV row per control tick to this file.")
 @click.option("--board", "board", default=DEFAULT_BOARD, show_default=True, callback=_board,
               help=f"Board file to simulate ({', '.join(board_names())}).")
 @click.option("--angle", "angle_deg", type=click.FloatRange(1, 90),
               default=DEMO_PROGRAM["angle_deg"], show_default=True,
               help="Target inversion angle, degrees (0 = horizontal, 90 = vertical).")
-@click.option("--hold", "hold_s", type=click.FloatRange(0, 3600),
+@click.option("--hold", "hold_s", type=click.FloatRange(*_session_s("hold_ms")),
               default=DEMO_PROGRAM["hold_s"], show_default=True, help="Hold per set, seconds.")
-@click.option("--sets", type=click.IntRange(1, 20), default=DEMO_PROGRAM["sets"],
-              show_default=True, help="Number of sets; each set after the first needs GO.")
-@click.option("--rest", "rest_s", type=click.FloatRange(0, 3600),
+@click.option("--sets", type=click.IntRange(*session_range("sets")),
+              default=DEMO_PROGRAM["sets"], show_default=True,
+              help="Number of sets; each set after the first needs GO. The simulator hands "
+              "its program straight to the controller, so this is what the controller runs "
+              "(firmware/program.py); a program stored on a board (`invtable program set`) "
+              f"has at most {setting_range('sets')[1]}.")
+@click.option("--rest", "rest_s", type=click.FloatRange(*_session_s("rest_ms")),
               default=DEMO_PROGRAM["rest_s"], show_default=True,
               help="Rest at home between sets, seconds.")
 @click.option("--speed", "speed_deg_s", type=click.FloatRange(0.1, 10),
@@ -93,7 +105,7 @@ def _board(ctx, param, name):
               help="The board has a dead-man grip (grip_pin), held by the simulated rider: "
               "a session starts only with it held; let go for more than 1 s (events "
               "grip_release, faint) and the table returns (end grip_released).")
-@click.option("--exit-pause", "exit_pause_s", type=click.FloatRange(0, 600),
+@click.option("--exit-pause", "exit_pause_s", type=click.FloatRange(*_session_s("exit_pause_ms")),
               default=DEMO_PROGRAM["exit_pause_s"], show_default=True,
               help="Pause near horizontal on the way home, seconds.")
 @click.option("--event", "events", multiple=True, callback=_validate_event, metavar="T:ACTION",
@@ -173,17 +185,22 @@ def sim_run(trace_path, board, angle_deg, hold_s, sets, rest_s, speed_deg_s, max
         "max_speed_mdeg_s": round(speed_deg_s * 1000),
         "check_in_ms": round(check_in_s * 1000),
     }
+    writer = None
+    trace_file = None
+    if trace_path:
+        # Opened before anything is printed: a path that cannot be written is one line.
+        try:
+            trace_file = open(trace_path, "w", newline="")  # noqa: SIM115 - closed below
+        except OSError as error:
+            raise click.BadParameter(f"cannot write {trace_path}: {error.strerror}",
+                                     param_hint="--trace") from None
+        writer = csv.writer(trace_file)
+        writer.writerow(scenario.COLUMNS)
     view = None
     if not as_json:
         world_text = world.describe() if world_data is not None else None
         view = simview.SessionView(board_name, program, limits, events, world=world_text,
                                    commissioned=commission or calibration is not None)
-    writer = None
-    trace_file = None
-    if trace_path:
-        trace_file = open(trace_path, "w", newline="")  # noqa: SIM115 - closed below
-        writer = csv.writer(trace_file)
-        writer.writerow(scenario.COLUMNS)
 
     def sink(row):
         if writer is not None:
@@ -212,10 +229,11 @@ def sim_run(trace_path, board, angle_deg, hold_s, sets, rest_s, speed_deg_s, max
 
 
 # Further commands, defined in their own modules, registered onto the groups above.
-from invtable.host import cli_board, cli_users  # noqa: E402
+from invtable.host import cli_board, cli_log, cli_status, cli_users  # noqa: E402
 from invtable.host.cli_serve import serve as sim_serve  # noqa: E402
 
-cli_users.register(main)
+for _module in (cli_status, cli_users, cli_log):
+    _module.register(main)
 sim.add_command(sim_serve)
 sim.add_command(cli_board.sim_board)
 main.add_command(cli_board.deploy)

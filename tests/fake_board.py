@@ -12,6 +12,8 @@ import threading
 import time
 import tty
 
+from invtable.firmware.settings import max_hold_ms
+
 CAP_ANGLE = 60000
 CAP_SPEED = 8000
 CAP_INVERTED = 600000  # per session
@@ -55,7 +57,12 @@ class FakeBoard:
         self.daily_used = {}  # user -> inverted ms today
         self.check_in_waiting = False
         self.warning = None
+        self.fault = None
+        self.fault_chain = []
         self.last_end = None
+        self.settings_status = "ok"
+        self.log_status = "ok"
+        self.micropython = "1.27"
         self.log = [{"user": "guest", "start_s": 1700000000 + 600 * i, "uptime_ms": 1000 * i,
                      "max_angle_mdeg": 15000 + 1000 * i, "inverted_ms": 30000 + 5000 * i,
                      "end": "completed", "fault": None, "daily_ms": None} for i in range(12)]
@@ -163,17 +170,19 @@ class FakeBoard:
     # -- commands
     def cmd_info(self):
         return {"firmware": "fake-1", "protocol": 1, "board": "fake", "chip": "esp32",
-                "micropython": "1.27", "caps": {"max_angle_mdeg": CAP_ANGLE,
+                "micropython": self.micropython, "caps": {"max_angle_mdeg": CAP_ANGLE,
                                                  "max_speed_mdeg_s": CAP_SPEED},
                 "max_users": 8, "line_max": 512}
 
     def cmd_status(self):
         return {"state": self.state, "angle_mdeg": self.angle, "target_mdeg": None,
-                "fault": None, "warning": self.warning, "user": self.active,
+                "fault": self.fault, "fault_chain": list(self.fault_chain),
+                "warning": self.warning, "user": self.active,
                 "session": False, "sets_done": 0, "inverted_ms": 0,
                 "inverted_limit_ms": 120000, "last_end": self.last_end, "last_error": None,
-                "uptime_ms": 5000, "pin_is_default": False, "settings_status": "ok",
-                "log_status": "ok", "check_in_waiting": self.check_in_waiting,
+                "uptime_ms": 5000, "pin_is_default": False,
+                "settings_status": self.settings_status, "log_status": self.log_status,
+                "check_in_waiting": self.check_in_waiting,
                 "boot_errors": [], **self._daily(self.active)}
 
     def cmd_stop(self):
@@ -222,6 +231,10 @@ class FakeBoard:
             lo, hi = PROGRAM[field]
             hi = user["limits"][hi] if isinstance(hi, str) else hi
             self._check(field, value, lo, hi)
+        program = dict(user["program"], **args)
+        # The sets' holds together fit the user's time limit (firmware.settings).
+        self._check("hold_ms", program["hold_ms"], 10000,
+                    max_hold_ms(user["limits"], program["sets"]))
         user["program"].update(args)
         return {"program": user["program"]}
 
@@ -256,7 +269,7 @@ class FakeBoard:
     def cmd_log_read(self, start=0, count=10):
         self._check("count", count, 1, 10)
         return {"entries": self.log[start:start + count], "total": len(self.log),
-                "status": "ok"}
+                "status": self.log_status}
 
     def cmd_log_clear(self, pin):
         self._admin(pin)

@@ -1,4 +1,4 @@
-"""The board commands of `invtable` (host/cli_users.py).
+"""The board commands of `invtable` (host/cli_status.py, cli_users.py, cli_log.py).
 
 Two layers: fast tests against a fake board on a pty (tests/fake_board.py),
 then end to end through `invtable sim serve` (the real firmware on the
@@ -12,31 +12,14 @@ import subprocess
 import sys
 import time
 
-import click
 import pytest
 from click.testing import CliRunner
 
-from invtable.host import cli_users
+from invtable.host import cli_common
+from invtable.host.cli import main as CLI
+from invtable.host.cli_status import RECORD_COLUMNS
 
 pytestmark = pytest.mark.timeout(60)
-
-
-def _group():
-    """The real `invtable` group if the board commands are wired in, else a copy."""
-    from invtable.host.cli import main
-
-    if "status" in main.commands:
-        return main
-
-    @click.group()
-    def group():
-        pass
-
-    cli_users.register(group)
-    return group
-
-
-CLI = _group()
 
 
 @pytest.fixture
@@ -68,7 +51,8 @@ def test_status_and_info_are_human_and_json(run):
     assert "60 deg" in result.output and "8 deg/s" in result.output
 
 
-def test_user_lifecycle(run, board):
+def test_user_lifecycle(run, board, monkeypatch):
+    monkeypatch.setattr(cli_common, "_stdin_is_tty", lambda: True)  # asked to confirm
     result = run("user", "create", "ana", "--pin", "1234", input="y\n")
     assert result.exit_code == 0, result.output
     assert "consult a doctor" in result.output
@@ -82,7 +66,8 @@ def test_user_lifecycle(run, board):
     assert result.exit_code == 0 and "ana" not in board.users
 
 
-def test_user_create_needs_confirmation(run, board):
+def test_user_create_needs_confirmation(run, board, monkeypatch):
+    monkeypatch.setattr(cli_common, "_stdin_is_tty", lambda: True)
     result = run("user", "create", "bob", "--pin", "1234", input="n\n")
     assert result.exit_code == 1
     assert "bob" not in board.users
@@ -117,13 +102,13 @@ def test_units_are_converted(run, board):
 
 def test_out_of_range_shows_the_allowed_range_in_degrees(run):
     result = run("program", "set", "guest", "--angle", "45")
-    assert result.exit_code == cli_users.EXIT_REFUSED
+    assert result.exit_code == cli_common.EXIT_REFUSED
     assert "--angle" in result.stderr and "1..30 deg" in result.stderr
     assert "got 45 deg" in result.stderr
     result = run("program", "set", "guest", "--angle", "45", "--json")
     error = json.loads(result.stdout)["error"]
     assert error["code"] == "out_of_range" and error["allowed"] == [1000, 30000]
-    assert error["exit_code"] == cli_users.EXIT_REFUSED
+    assert error["exit_code"] == cli_common.EXIT_REFUSED
 
 
 def test_check_in_and_daily_limit_are_sent_in_ms_and_shown(run, board):
@@ -161,11 +146,11 @@ def test_a_check_in_in_the_gap_names_the_rule(run):
 
 def test_limits_above_the_board_caps_are_refused_by_the_board(run, board):
     result = run("limits", "set", "guest", "--max-daily", "1500", "--pin", "1234")
-    assert result.exit_code == cli_users.EXIT_REFUSED
+    assert result.exit_code == cli_common.EXIT_REFUSED
     assert "--max-daily" in result.stderr and "10..1200 s" in result.stderr
     assert "got 1500 s" in result.stderr
     result = run("limits", "set", "guest", "--max-inverted", "3600", "--pin", "1234")
-    assert result.exit_code == cli_users.EXIT_REFUSED
+    assert result.exit_code == cli_common.EXIT_REFUSED
     assert "--max-inverted" in result.stderr and "10..600 s" in result.stderr
     assert board.users["guest"]["limits"]["max_inverted_ms"] == 120000
     assert board.fails == 0
@@ -223,7 +208,7 @@ def test_user_show_has_check_ins_and_the_daily_limit(run, board):
 
 
 def test_log_shows_the_daily_total_and_the_new_ends(run, board, monkeypatch):
-    monkeypatch.setattr(cli_users.out, "width", 160)
+    monkeypatch.setattr(cli_common.out, "width", 160)
     result = run("log")
     assert "that day" not in result.output  # older entries have no daily_ms
     board.log += [
@@ -264,7 +249,7 @@ def test_clock_set_sends_the_local_utc_offset(run, board, local_zone):
 
 def test_wrong_pin_shows_attempts_left_then_locked(run):
     result = run("log", "clear", "--yes", "--pin", "9999")
-    assert result.exit_code == cli_users.EXIT_PIN
+    assert result.exit_code == cli_common.EXIT_PIN
     assert "2 attempts left" in result.stderr
     run("log", "clear", "--yes", "--pin", "9999")
     result = run("log", "clear", "--yes", "--pin", "9999")
@@ -272,7 +257,7 @@ def test_wrong_pin_shows_attempts_left_then_locked(run):
     run("log", "clear", "--yes", "--pin", "9999")
     run("log", "clear", "--yes", "--pin", "9999")
     result = run("log", "clear", "--yes", "--pin", "1234")
-    assert result.exit_code == cli_users.EXIT_PIN
+    assert result.exit_code == cli_common.EXIT_PIN
     assert "try again in 1 min 30 s" in result.stderr
 
 
@@ -281,7 +266,7 @@ def test_pin_from_env_prompt_or_usage_error(run, board, monkeypatch):
     assert result.exit_code == 0 and board.log == []
     result = run("log", "clear", "--yes")  # no terminal, no PIN
     assert result.exit_code == 2 and "INVTABLE_PIN" in result.output
-    monkeypatch.setattr(cli_users, "_stdin_is_tty", lambda: True)
+    monkeypatch.setattr(cli_common, "_stdin_is_tty", lambda: True)
     result = run("log", "clear", "--yes", input="1234\n")
     assert result.exit_code == 0
     assert "1234" not in result.output  # hidden input
@@ -305,39 +290,41 @@ def test_pin_change(run, board):
     result = run("pin", "change", "--pin", "1234", "--new-pin", "5678")
     assert result.exit_code == 0 and board.pin == "5678"
     result = run("pin", "change", "--pin", "5678", "--new-pin", "0000")
-    assert result.exit_code == cli_users.EXIT_REFUSED and "factory default" in result.stderr
+    # The board's rule, checked before sending (the board would refuse it too).
+    assert result.exit_code == cli_common.EXIT_USAGE and "factory default" in result.stderr
+    assert board.pin == "5678"
 
 
 def test_busy_names_the_state(run, board):
     board.state = "HOLD"
     result = run("user", "select", "guest")
-    assert result.exit_code == cli_users.EXIT_REFUSED
+    assert result.exit_code == cli_common.EXIT_REFUSED
     assert "HOLD" in result.stderr and "stop" in result.stderr
     assert run("stop").exit_code == 0 and board.state == "RETURN"
 
 
 def test_not_found_and_nothing_to_change(run):
     result = run("user", "show", "nobody")
-    assert result.exit_code == cli_users.EXIT_REFUSED and "user list" in result.stderr
+    assert result.exit_code == cli_common.EXIT_REFUSED and "user list" in result.stderr
     assert run("program", "set", "guest").exit_code == 2
 
 
 def test_no_board_and_busy_port_exit_3(run, board, tmp_path, monkeypatch):
     result = run("status", port=str(tmp_path / "ttyUSB7"))
-    assert result.exit_code == cli_users.EXIT_CONNECTION and "no such port" in result.stderr
+    assert result.exit_code == cli_common.EXIT_CONNECTION and "no such port" in result.stderr
     monkeypatch.setattr("serial.tools.list_ports.comports", lambda: [])
     monkeypatch.delenv("INVTABLE_PORT", raising=False)
     result = run("status", "--json", port=None)
-    assert result.exit_code == cli_users.EXIT_CONNECTION
+    assert result.exit_code == cli_common.EXIT_CONNECTION
     assert json.loads(result.stdout)["error"]["code"] == "no_board"
     from invtable.host.client import Client
 
     with Client(board.path):
         result = run("status")
-    assert result.exit_code == cli_users.EXIT_CONNECTION and "busy" in result.stderr
+    assert result.exit_code == cli_common.EXIT_CONNECTION and "busy" in result.stderr
     board.silent = True
     result = run("status", "--timeout", "0.3")
-    assert result.exit_code == cli_users.EXIT_CONNECTION and "no reply" in result.stderr
+    assert result.exit_code == cli_common.EXIT_CONNECTION and "no reply" in result.stderr
 
 
 def test_log_pages_through_the_board(run, board):
@@ -381,7 +368,7 @@ def test_plot_progress_and_trace(run, board, tmp_path):
     trace = tmp_path / "rec.csv"
     with trace.open("w", newline="") as f:
         writer = csv.writer(f)
-        writer.writerow(cli_users.RECORD_COLUMNS)
+        writer.writerow(RECORD_COLUMNS)
         for i in range(20):
             writer.writerow([i * 0.2, i * 200, "RAMP", -60 + i, 0, 0, "", 0, ""])
     result = run("plot", "--trace", str(trace), "--json", port=None)
@@ -469,29 +456,29 @@ def test_e2e_every_command(real, tmp_path):
 
 def test_e2e_wrong_pin_and_out_of_range(real):
     result = real("limits", "set", "guest", "--max-angle", "40", "--pin", "1111")
-    assert result.exit_code == cli_users.EXIT_PIN
+    assert result.exit_code == cli_common.EXIT_PIN
     assert "attempts left" in result.stderr
     # A right PIN resets the count (so the next tests are not locked out).
     result = real("limits", "set", "guest", "--max-angle", "30", "--pin", "0000")
     assert result.exit_code == 0, result.output
     result = real("program", "set", "guest", "--angle", "45")
-    assert result.exit_code == cli_users.EXIT_REFUSED
+    assert result.exit_code == cli_common.EXIT_REFUSED
     assert "--angle" in result.stderr and "1..30 deg" in result.stderr
     result = real("limits", "set", "guest", "--max-speed", "12", "--pin", "0000")
-    assert result.exit_code == cli_users.EXIT_REFUSED
+    assert result.exit_code == cli_common.EXIT_REFUSED
     assert "--max-speed" in result.stderr and "deg/s" in result.stderr
 
 
 def test_e2e_board_caps_and_check_ins(real):
     """The board's caps are not known to the CLI: the board refuses, naming them."""
     result = real("limits", "set", "guest", "--max-inverted", "3600", "--pin", "0000")
-    assert result.exit_code == cli_users.EXIT_REFUSED, result.output
+    assert result.exit_code == cli_common.EXIT_REFUSED, result.output
     assert "--max-inverted" in result.stderr and "10..600 s" in result.stderr
     result = real("limits", "set", "guest", "--max-daily", "1300", "--pin", "0000")
-    assert result.exit_code == cli_users.EXIT_REFUSED, result.output
+    assert result.exit_code == cli_common.EXIT_REFUSED, result.output
     assert "--max-daily" in result.stderr and "10..1200 s" in result.stderr
     result = real("limits", "set", "guest", "--check-in", "5", "--pin", "0000")
-    assert result.exit_code in (2, cli_users.EXIT_REFUSED), result.output
+    assert result.exit_code in (2, cli_common.EXIT_REFUSED), result.output
     assert "0 (off) or 10..600" in result.output
     before = json.loads(real("user", "show", "guest", "--json").stdout)["limits"]
     result = real("limits", "set", "guest", "--check-in", "30", "--max-daily", "900",
@@ -518,7 +505,7 @@ def test_e2e_session_go_then_stop_seen_in_telemetry(real, sim, tmp_path):
     states = {row["state"] for row in csv.DictReader(record.open())}
     assert states & {"WARN", "RAMP", "HOLD"}, states
     busy = real("user", "select", "guest")
-    assert busy.exit_code == cli_users.EXIT_REFUSED and "busy" in busy.stderr
+    assert busy.exit_code == cli_common.EXIT_REFUSED and "busy" in busy.stderr
     stopped = real("stop", "--json")
     assert stopped.exit_code == 0
     # The ramped return, seen by the monitor, ends at home with a "stopped" entry.
@@ -542,27 +529,20 @@ def test_e2e_session_go_then_stop_seen_in_telemetry(real, sim, tmp_path):
 
 
 def test_e2e_real_process_exit_codes(sim):
-    """`invtable` in a subprocess (the installed command once the lead wires it in)."""
-    from invtable.host.cli import main
-
+    """The installed `invtable` command in a subprocess."""
     exe = os.path.join(os.path.dirname(sys.executable), "invtable")
-    if "status" in main.commands and os.path.exists(exe):
-        command = [exe]
-    else:
-        command = [sys.executable, "-c",
-                   "from invtable.host.cli import main; from invtable.host import cli_users; "
-                   "cli_users.register(main); main()"]
+    command = [exe] if os.path.exists(exe) else [sys.executable, "-m", "invtable.host.cli"]
     done = subprocess.run([*command, "status", "--json", "--port", sim.path],
                           capture_output=True, text=True, timeout=20)
     assert done.returncode == 0, done.stderr
     assert json.loads(done.stdout)["state"]
     done = subprocess.run([*command, "status", "--port", sim.path + "-missing"],
                           capture_output=True, text=True, timeout=20)
-    assert done.returncode == cli_users.EXIT_CONNECTION and "Error:" in done.stderr
+    assert done.returncode == cli_common.EXIT_CONNECTION and "Error:" in done.stderr
     done = subprocess.run([*command, "user", "delete", "guest", "--yes", "--pin", "4444",
                            "--port", sim.path], capture_output=True, text=True, timeout=20,
                           stdin=subprocess.DEVNULL)
-    assert done.returncode == cli_users.EXIT_PIN and "attempts left" in done.stderr
+    assert done.returncode == cli_common.EXIT_PIN and "attempts left" in done.stderr
     done = subprocess.run([*command, "status", "--bogus"], capture_output=True, text=True,
                           timeout=20)
     assert done.returncode == 2
