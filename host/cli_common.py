@@ -38,6 +38,7 @@ from invtable.firmware.rider import (
     GRIP_RELEASE_MS,
 )
 from invtable.host import client as client_mod
+from invtable.host import portshare
 from invtable.host.simview import STATE_STYLE, STATE_TEXT
 
 EXIT_ERROR = 1
@@ -340,7 +341,16 @@ def board_command(fn):
 
 
 def connect(opts):
-    return client_mod.Client(opts["port"], timeout=opts["timeout"])
+    """The board: its port, or, while another invtable process (a `monitor`)
+    owns the port, that process's local socket (host/portshare.py)."""
+    port = opts["port"] or client_mod.discover_port()
+    try:
+        return client_mod.Client(port, timeout=opts["timeout"])
+    except client_mod.PortBusyError:
+        shared = portshare.connect_shared(port, timeout=opts["timeout"])
+        if shared is None:
+            raise
+        return shared
 
 
 def call(opts, cmd, **args):

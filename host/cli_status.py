@@ -5,6 +5,7 @@ import contextlib
 import csv
 import json
 import os
+import signal
 import sys
 import textwrap
 import time
@@ -18,6 +19,7 @@ from rich.text import Text
 from invtable.firmware.settings import DEFAULT_USER
 from invtable.host import cli_common as common
 from invtable.host import client as client_mod
+from invtable.host import portshare
 from invtable.host.cli_common import (
     board_command,
     call,
@@ -191,8 +193,16 @@ def info(opts):
 @click.command()
 @board_command
 def stop(opts):
-    """STOP: a ramped return home, the same as the STOP button (always accepted)."""
-    data = call(opts, "stop")
+    """STOP: a ramped return home, the same as the STOP button (always accepted).
+
+    Sent again every second until the board confirms it; if it never does,
+    says so plainly (exit 3): then press the STOP button on the table."""
+    try:
+        data = call(opts, "stop")
+    except client_mod.ConnectionProblem as error:
+        raise client_mod.ConnectionProblem(
+            f"STOP NOT CONFIRMED by the board: press the STOP button on the table now. "
+            f"({error})") from None
     if opts["as_json"]:
         return emit_json(data)
     out.print(f"STOP sent; state {state_text(data.get('state', '?'))}")
@@ -377,9 +387,11 @@ def monitor(rate, duration, once, record, opts):
     """Live view of angle, target, state, time inverted and time left.
 
     Ctrl-C exits (exit 0); the table carries on (STOP is the button, or `s`
-    here, or `invtable stop`). With --json, prints each event as one JSON line."""
+    here, or `invtable stop`). With --json, prints each event as one JSON line.
+    While it runs, the other invtable commands (`invtable stop` first) reach
+    the board through it, from any terminal of the same user."""
     as_json = opts["as_json"]
-    with connect(opts) as board:
+    with connect(opts) as board, _sharing(board) as share:
         status_data = board.request("status")
         view = MonitorView(board.port, status_data)
         if once:
@@ -393,24 +405,26 @@ def monitor(rate, duration, once, record, opts):
             writer = csv.writer(record_file)
             writer.writerow(RECORD_COLUMNS)
         t0 = time.monotonic()
-        board.request("telemetry", rate_hz=rate)
+        if share is not None:  # (a monitor through another's port: its rate applies)
+            board.request("telemetry", rate_hz=rate)
         try:
             if as_json:
-                for event in board.events(duration_s=duration):
+                for event in _events(board, share, duration):
                     if event is None:
                         continue
                     if writer is not None and event.get("event") == "telemetry":
                         writer.writerow(record_row(t0, event))
                     click.echo(json.dumps(event))
             else:
-                _monitor_live(board, view, duration, writer, t0)
+                _monitor_live(board, share, view, duration, writer, t0)
         except KeyboardInterrupt:
             pass
         finally:
             if record_file is not None:
                 record_file.close()
-            with contextlib.suppress(client_mod.ClientError):
-                board.request("telemetry", rate_hz=0)
+            if share is not None:
+                with contextlib.suppress(client_mod.ClientError):
+                    board.request("telemetry", rate_hz=0)
     if not as_json:
         if not out.is_terminal:
             out.print()  # a live view printed once at the end leaves no newline
@@ -418,12 +432,43 @@ def monitor(rate, duration, once, record, opts):
                   + (f", recorded to {record}" if record else "") + "[/]")
 
 
-def _monitor_live(board, view, duration, writer, t0):
+@contextlib.contextmanager
+def _sharing(board):
+    """While this command owns the port, serve it to the other invtable
+    processes (host/portshare.py); None when it reaches the board through
+    another's."""
+    if board.shared:
+        yield None
+        return
+
+    def _terminate(signum, frame):
+        raise KeyboardInterrupt  # SIGTERM ends the monitor as Ctrl-C does: cleanly
+
+    previous = signal.signal(signal.SIGTERM, _terminate)
+    try:
+        with portshare.PortShare(board) as share:
+            yield share
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+
+
+def _events(board, share, duration, idle_s=0.1):
+    """The board's events, relaying the other processes' requests in between
+    (every idle_s at least: a STOP from another terminal waits no longer)."""
+    for event in board.events(duration_s=duration, idle_s=idle_s):
+        if share is not None:
+            share.pump()
+            if event is not None:
+                share.broadcast(event)
+        yield event
+
+
+def _monitor_live(board, share, view, duration, writer, t0):
     from rich.live import Live
 
     with Live(view.render(), console=out, refresh_per_second=8, transient=False) as live, \
             _Keys() as keys:
-        for event in board.events(duration_s=duration, idle_s=0.2):
+        for event in _events(board, share, duration):
             if event is not None:
                 view.update(event)
                 if writer is not None and event.get("event") == "telemetry":

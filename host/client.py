@@ -203,12 +203,16 @@ def _open_serial(port, baudrate):
 
 class Client:
     """One open connection to a board. ``port_or_url``: a device path, a pyserial URL
-    (``socket://host:port``, ``loop://``, ``rfc2217://``...) or None to discover."""
+    (``socket://host:port``, ``loop://``, ``rfc2217://``...) or None to discover.
+    ``link``: an already open pyserial-like object to use instead (the owner of
+    the port's local socket, host/portshare.py)."""
 
-    def __init__(self, port_or_url=None, timeout=DEFAULT_TIMEOUT_S, baudrate=BAUDRATE):
+    def __init__(self, port_or_url=None, timeout=DEFAULT_TIMEOUT_S, baudrate=BAUDRATE,
+                 link=None):
         self.port = port_or_url or discover_port()
         self.timeout = timeout
-        self._serial = _open_serial(self.port, baudrate)
+        self.shared = link is not None  # through the process that owns the port
+        self._serial = link if link is not None else _open_serial(self.port, baudrate)
         self._rx = bytearray()
         self._lines = collections.deque()
         self._events = collections.deque()

@@ -218,3 +218,19 @@ def test_a_request_right_after_a_long_garbage_line_succeeds_on_the_real_firmware
     finally:
         proc.terminate()
         proc.wait(10)
+
+
+def test_invtable_stop_says_plainly_when_the_board_never_confirms(board):
+    from click.testing import CliRunner
+
+    from invtable.host.cli import main
+
+    board.silent = True
+    started = time.monotonic()
+    result = CliRunner().invoke(main, ["stop", "--port", board.path, "--timeout", "2.5"])
+    assert result.exit_code == 3, result.output
+    assert "STOP NOT CONFIRMED" in result.output and "press the STOP button" in result.output
+    assert "Traceback" not in result.output
+    stops = [r for r in board.requests if r["cmd"] == "stop"]
+    assert len(stops) == 3 and len({r["id"] for r in stops}) == 1  # sent again, same id
+    assert time.monotonic() - started < 5
