@@ -232,7 +232,8 @@ class Server:
                     self.note(text)
             elif line == "status":
                 app = self.sim.app
-                self.note("status: %s" % (app.status() if app is not None else "power off"))
+                self.note("status: " + (status_line(app.status()) if app is not None
+                                        else "power off"))
             else:
                 try:
                     self.sim.inject(line)
@@ -316,3 +317,22 @@ class Server:
         self.note("stopped")
         if self.temp_dir is not None:
             shutil.rmtree(self.temp_dir, ignore_errors=True)
+
+
+def status_line(status):
+    """The firmware's status in one line for people (the `status` input);
+    `invtable status --port DEVICE` shows it all."""
+    parts = ["%s at %.1f deg" % (status["state"], status["angle_mdeg"] / 1000)]
+    if status.get("fault"):
+        parts.append("fault " + status["fault"])
+    if status.get("warning"):
+        parts.append("notice " + status["warning"])
+    parts.append("user " + str(status.get("user")))
+    if status.get("session"):
+        parts.append("session open, %d set(s) done, %.1f s inverted"
+                     % (status["sets_done"], status["inverted_ms"] / 1000))
+    if status.get("check_in_waiting"):
+        parts.append("check-in: tap GO")
+    parts.append("today %.0f of %.0f s inverted"
+                 % (status["daily_used_ms"] / 1000, status["daily_limit_ms"] / 1000))
+    return ", ".join(parts)

@@ -317,3 +317,16 @@ def test_a_rider_who_faints_on_sim_serve_is_brought_home_and_the_day_is_counted(
     assert status["last_end"] == "no_response"
     assert 0 < status["daily_used_ms"] <= status["daily_limit_ms"] == 600000
     assert board.ok("user.get", name="guest")["daily_used_ms"] == status["daily_used_ms"]
+
+
+def test_the_status_input_prints_one_line_for_people(served):
+    board = served(speed=10)
+    _at_home(board)
+    board.input("status")
+    deadline = time.monotonic() + 10
+    while not any("] status: " in n for n in board.notes):
+        assert time.monotonic() < deadline, board.notes
+        time.sleep(0.05)
+    note = next(n for n in board.notes if "] status: " in n).split("] ", 1)[1]
+    assert note.startswith("status: HOME at -") and "user guest" in note, note
+    assert "{" not in note and "today 0 of 600 s inverted" in note, note
