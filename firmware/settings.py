@@ -30,6 +30,12 @@ SETTINGS_FILE = "settings.json"
 SCHEMA = 2
 MAX_USERS = 8
 NAME_MAX_LEN = 16
+# A new user's name (create_user): safe to type in a shell and to read on a
+# table's label. Stored names are only held to check_name's looser rule, so a
+# name an older firmware accepted still loads.
+NEW_NAME_CHARS = "abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789 -_."
+NEW_NAME_RULE = ("a name is 1 to " + str(NAME_MAX_LEN) + " characters: letters a-z A-Z, digits, "
+                 "space, - _ . (no space at either end)")
 DEFAULT_USER = "guest"
 
 # load() status strings (stable).
@@ -110,6 +116,21 @@ def check_name(name):
             raise SettingsError("bad_name", "name must be printable ASCII")
     if name[0] == " " or name[-1] == " ":
         raise SettingsError("bad_name", "name must not start or end with a space")
+    return name
+
+
+def check_new_name(name):
+    """check_name, and only NEW_NAME_CHARS (a new user's name); the message
+    states the whole rule."""
+    try:
+        check_name(name)
+    except SettingsError as error:
+        if error.code != "bad_name":
+            raise
+        raise SettingsError("bad_name", NEW_NAME_RULE + " (" + error.message + ")") from None
+    for ch in name:
+        if ch not in NEW_NAME_CHARS:
+            raise SettingsError("bad_name", NEW_NAME_RULE + "; not " + repr(ch))
     return name
 
 
@@ -367,7 +388,7 @@ class Settings:
     # -- users -----------------------------------------------------------
     def create_user(self, name):
         """New user with the conservative defaults."""
-        check_name(name)
+        check_new_name(name)
         if self._find(self._users, name) >= 0:
             raise SettingsError("exists", "user " + repr(name) + " exists")
         if len(self._users) >= MAX_USERS:

@@ -11,7 +11,8 @@ from rich.markup import escape
 from rich.panel import Panel
 from rich.table import Table
 
-from invtable.firmware.settings import NAME_MAX_LEN, SettingsError, check_name
+from invtable.firmware import settings as settings_rules
+from invtable.firmware.settings import SettingsError
 from invtable.host import cli_common as common
 from invtable.host import client as client_mod
 
@@ -71,23 +72,13 @@ SCREENING = (
     "severe obesity",
 )
 
-# A new user's name: the board's rule (firmware.settings.check_name: 1 to 16
-# printable ASCII characters, no space at either end), narrowed here to what
-# is safe to type in a shell and to read on a table's label.
-NAME_CHARS = frozenset("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789 -_.")
-NAME_RULE = (f"a name is 1 to {NAME_MAX_LEN} characters: letters a-z A-Z, digits, space, "
-             "- _ . (no space at either end)")
-
-
 def check_new_name(ctx, param, name):
-    """Argument callback of `user create`: the board's rule and this one."""
+    """Argument callback of `user create`: the board's rule for a new name
+    (firmware.settings.check_new_name), before anything is sent."""
     try:
-        check_name(name)
-    except SettingsError:
-        raise click.BadParameter(f"{name!r}: {NAME_RULE}", ctx=ctx, param=param) from None
-    if not set(name) <= NAME_CHARS:
-        bad = "".join(sorted(set(name) - NAME_CHARS))
-        raise click.BadParameter(f"{name!r} has {bad!r}: {NAME_RULE}", ctx=ctx, param=param)
+        settings_rules.check_new_name(name)
+    except SettingsError as error:
+        raise click.BadParameter(f"{name!r}: {error.message}", ctx=ctx, param=param) from None
     return name
 
 

@@ -294,9 +294,25 @@ def test_bad_names(name):
 
 def test_good_names():
     s = fresh()
-    for name in ["A", "x" * 16, "Ann Lee", "user_2!"]:
+    for name in ["A", "x" * 16, "Ann Lee", "user_2.x", "Ana-Maria"]:
         s.create_user(name)
-    assert len(s.list_users()) == 5
+    assert len(s.list_users()) == 6
+
+
+@pytest.mark.parametrize("name", ["user_2!", "ana;rm", "quote'd", "a/b"])
+def test_a_new_name_has_only_letters_digits_space_and_dash_underscore_dot(name):
+    err = code_of(fresh().create_user, name)
+    assert err.code == "bad_name" and "letters a-z A-Z, digits" in err.message
+
+
+def test_a_stored_name_an_older_firmware_accepted_still_loads():
+    s = fresh()
+    s.create_user("Jo")
+    data, _ = storage.load(s._fs, SETTINGS_FILE)
+    data["users"][1]["name"] = "Jo!"
+    storage.save(s._fs, SETTINGS_FILE, data)
+    again, status = reloaded(s)
+    assert status == "ok" and "Jo!" in again.list_users()
 
 
 def test_user_crud_codes():
