@@ -87,6 +87,7 @@ class App:
         if reset_fault is not None:
             self.ctl.latch_at_boot(reset_fault)
         self.crashes = 0
+        self.maintenance_unlocked = False  # maintenance.unlock: the REPL until reboot
         self.last_error = None  # text of the last exception caught in the loop
         self.reset_fault = reset_fault
         self._program = None
@@ -242,6 +243,19 @@ class App:
         if self.epoch_s_at_set is None:
             return None
         return self.epoch_s_at_set + self.uptime_s - self._uptime_s_at_set
+
+    def console_locked(self):
+        """The console lock is in force: the setting is on and the admin PIN is
+        not the factory one (which would protect nothing)."""
+        settings, auth = self.settings, self.auth
+        if settings is None or auth is None:
+            return True
+        return settings.console_lock and not auth.pin_is_default
+
+    def console_allowed(self):
+        """Ctrl-C may reach the REPL: at rest at home, and with the console
+        lock in force only after maintenance.unlock (until the next reboot)."""
+        return self.at_rest_home() and (self.maintenance_unlocked or not self.console_locked())
 
     def at_rest_home(self):
         """At home, no session open, drive off: the only time maintenance may interrupt."""
@@ -552,7 +566,7 @@ def run(hal, board, app=None, reset_fault=None, time_module=None, ticks=None):
         if not watchdog_started and hasattr(hal.wdt, "start_watchdog"):
             hal.wdt.start_watchdog()
             watchdog_started = True
-        allowed = app.at_rest_home()
+        allowed = app.console_allowed()
         if console is not None and allowed != interrupt_allowed:
             console.allow_interrupt(allowed)
             interrupt_allowed = allowed

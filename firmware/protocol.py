@@ -103,6 +103,10 @@ _COMMANDS = {
     "log.read": ("_cmd_log_read", _NO_ARGS, {"start": _INT, "count": _INT}, False, False),
     "log.clear": ("_cmd_log_clear", {"pin": _STR}, _NO_ARGS, True, True),
     "clock.set": ("_cmd_clock_set", {"epoch_s": _INT}, {"utc_offset_s": _INT}, False, False),
+    # The console lock (App.console_allowed): the admin turns it on or off, and
+    # opens the REPL for one maintenance session (until the next reboot).
+    "console.lock": ("_cmd_console_lock", {"pin": _STR, "on": _INT}, _NO_ARGS, True, True),
+    "maintenance.unlock": ("_cmd_maintenance_unlock", {"pin": _STR}, _NO_ARGS, True, True),
     # Commissioning (firmware/commission.py): start needs the admin PIN and
     # the table at rest at home (checked by App.start_setup); cancel is
     # always allowed, as STOP is.
@@ -524,6 +528,7 @@ class Protocol:
             "line_max": LINE_MAX,
             "commissioned": self.app.calib is not None,
             "calibration_status": self.app.calib_status,
+            "console_locked": self.app.console_locked(),
             "calibration": self.app.calib,
         }
 
@@ -673,6 +678,21 @@ class Protocol:
                                 "firmware: it is kept as it is")
         self.app.log.clear()
         return {}
+
+    def _console_data(self):
+        app = self.app
+        return {"console_lock": app.settings.console_lock if app.settings is not None else True,
+                "console_locked": app.console_locked(),
+                "maintenance_unlocked": app.maintenance_unlocked}
+
+    def _cmd_console_lock(self, args, now_ms):
+        on = _check_range("on", args["on"], 0, 1)
+        self.app.settings.set_console_lock(on == 1)
+        return self._console_data()
+
+    def _cmd_maintenance_unlock(self, args, now_ms):
+        self.app.maintenance_unlocked = True  # Ctrl-C reaches the REPL, at home, until reboot
+        return self._console_data()
 
     def _cmd_clock_set(self, args, now_ms):
         epoch_s = _check_range("epoch_s", args["epoch_s"], EPOCH_MIN_S, EPOCH_MAX_S)

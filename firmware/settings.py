@@ -300,6 +300,9 @@ class Settings:
     def _set_defaults(self):
         self._users = [default_user(DEFAULT_USER, self._board)]
         self._active = DEFAULT_USER
+        # The console lock (App.console_allowed): on unless an admin turns it
+        # off; it takes effect once the admin PIN is not the factory one.
+        self.console_lock = True
 
     # -- persistence -----------------------------------------------------
     def load(self):
@@ -333,6 +336,8 @@ class Settings:
             self.status = DEFAULTS_MISSING if status == storage.MISSING else DEFAULTS_CORRUPT
             return self.status
         self._users = users
+        lock = data.get("console_lock", True)
+        self.console_lock = lock if isinstance(lock, bool) else True
         i = self._find(users, active) if isinstance(active, str) else -1
         self._active = users[i if i >= 0 else 0]["name"]
         self.status = LOADED
@@ -349,7 +354,8 @@ class Settings:
                 + "): deploy that firmware again, or remove the file to start over",
             )
         storage.save(self._fs, SETTINGS_FILE, {"schema": SCHEMA, "users": users,
-                                               "active": active})
+                                               "active": active,
+                                               "console_lock": self.console_lock})
         self._users = users
         self._active = active
 
@@ -375,6 +381,16 @@ class Settings:
 
     def get_user(self, name):
         return copy_user(self._users[self._index(name)])
+
+    def set_console_lock(self, on):
+        """The console lock on or off (saved before it takes effect)."""
+        before = self.console_lock
+        self.console_lock = bool(on)
+        try:
+            self.save()
+        except Exception:
+            self.console_lock = before
+            raise
 
     def active_name(self):
         return self._active

@@ -229,10 +229,10 @@ def sim_run(trace_path, board, angle_deg, hold_s, sets, rest_s, speed_deg_s, max
 
 
 # Further commands, defined in their own modules, registered onto the groups above.
-from invtable.host import cli_board, cli_log, cli_status, cli_users  # noqa: E402
+from invtable.host import cli_board, cli_log, cli_maintenance, cli_status, cli_users  # noqa: E402
 from invtable.host.cli_serve import serve as sim_serve  # noqa: E402
 
-for _module in (cli_status, cli_users, cli_log):
+for _module in (cli_status, cli_users, cli_log, cli_maintenance):
     _module.register(main)
 sim.add_command(sim_serve)
 sim.add_command(cli_board.sim_board)

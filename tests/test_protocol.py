@@ -1086,3 +1086,41 @@ def test_reads_are_done_again_and_only_the_last_two_changes_are_remembered(rig):
     rig.error({"id": 200, "cmd": "user.create", "name": "a1", "pin": ADMIN_PIN}, "exists")
     again = rig.request({"id": 202, "cmd": "user.create", "name": "a3", "pin": ADMIN_PIN})
     assert again["ok"] is True and rig.app.protocol.replayed == 1
+
+
+# ------------------------------------------------------------ the console lock
+def test_with_an_admin_pin_the_console_is_locked_until_maintenance_unlock(rig):
+    """The admin PIN is set (not 0000): Ctrl-C cannot reach the REPL even at
+    home, until maintenance.unlock with the PIN; a reboot locks it again."""
+    rig.home()
+    assert rig.app.console_locked() and not rig.app.console_allowed()
+    rig.error({"id": 40, "cmd": "maintenance.unlock", "pin": "9999"}, "bad_pin")
+    assert not rig.app.console_allowed()
+    data = rig.ok({"id": 41, "cmd": "maintenance.unlock", "pin": ADMIN_PIN})
+    assert data == {"console_lock": True, "console_locked": True, "maintenance_unlocked": True}
+    assert rig.app.console_allowed()
+    rig.press("go")  # a session: never the REPL, unlocked or not
+    rig.tick_until(lambda: rig.ctl.state == WARN)
+    assert not rig.app.console_allowed()
+    rig.press("stop")
+    rig.home()
+    rig.boot()
+    rig.home()
+    assert not rig.app.console_allowed() and rig.ok({"id": 1, "cmd": "info"})["console_locked"]
+
+
+def test_the_console_lock_can_be_turned_off_and_stays_off(rig):
+    rig.home()
+    rig.ok({"id": 50, "cmd": "console.lock", "pin": ADMIN_PIN, "on": 0})
+    assert rig.app.console_allowed()
+    rig.boot()
+    rig.home()
+    assert not rig.app.console_locked() and rig.app.console_allowed()
+    rig.error({"id": 51, "cmd": "console.lock", "pin": ADMIN_PIN, "on": 2}, "out_of_range")
+
+
+def test_with_the_factory_pin_the_lock_protects_nothing_and_is_not_in_force():
+    rig = Rig()
+    rig.home()
+    assert rig.app.auth.pin_is_default and rig.app.settings.console_lock
+    assert not rig.app.console_locked() and rig.app.console_allowed()
