@@ -13,6 +13,10 @@ import pytest
 from hypothesis import settings
 
 from invtable.host import micropython as mpy
+from invtable.host import micropython_unix as mpy_unix
+
+# The real interpreters the `micropython` fixture runs each test under.
+MICROPYTHON_INTERPRETERS = ("wasm", "unix")
 
 # In CI (CI=true) property tests replay a fixed sequence of examples, so a
 # submission's result does not depend on luck; on a developer's machine they
@@ -37,23 +41,75 @@ def micropython_setup() -> None:
         )
 
 
-@pytest.fixture
-def micropython(micropython_setup):
-    """Run code under real MicroPython 1.27 and assert it succeeded.
+@pytest.fixture(scope="session")
+def micropython_unix_setup() -> None:
+    """Fail (not skip) when the unix port is missing where the test extra installs
+    it; skip on a platform that PyPI has no wheel of it for."""
+    if not mpy_unix.available():
+        if not mpy_unix.platform_has_wheel():
+            pytest.skip(f"{mpy_unix.PYPI_PACKAGE} has no wheel for this platform")
+        pytest.fail(
+            f"PyPI package {mpy_unix.PYPI_PACKAGE} is not installed: {mpy_unix.FIX_HINT}",
+            pytrace=False,
+        )
 
-    ``micropython(code, mounts=None, timeout_s=120, stdin="", ...)`` returns the
+
+class MicroPythonRunner:
+    """``runner(code, mounts=None, timeout_s=120, stdin="", heap_bytes=..., args=())``
+    runs `code` under one real MicroPython, asserts it exited 0 and returns the
     CompletedProcess; the invtable packages are importable as on CPython.
+
+    ``name``: "wasm" (npm WebAssembly build, Node) or "unix" (PyPI unix port);
+    ``version``: its (major, minor, micro); ``word_bits``: 32 or 64. The
+    working directory is the root of the mounts on both: open paths relative
+    to it (``lib/invtable/...``).
     """
 
-    def run(code: str, *args, **kwargs):
-        proc = mpy.run_micropython(code, *args, **kwargs)
+    def __init__(self, name):
+        self.name = name
+        module = mpy if name == "wasm" else mpy_unix
+        self.version = module.MICROPYTHON_VERSION
+        self.word_bits = 32 if name == "wasm" else 64
+        self._run = module.run_micropython
+
+    def __repr__(self):
+        return f"MicroPythonRunner({self.name!r})"
+
+    def __call__(self, code: str, *args, **kwargs):
+        proc = self._run(code, *args, **kwargs)
         assert proc.returncode == 0, (
-            f"MicroPython exited {proc.returncode}\n"
+            f"MicroPython ({self.name}) exited {proc.returncode}\n"
             f"--- stdout ---\n{proc.stdout}\n--- stderr ---\n{proc.stderr}"
         )
         return proc
 
-    return run
+
+def pytest_configure(config):
+    config.addinivalue_line(
+        "markers",
+        "interpreter(name, reason): run the `micropython` fixture's tests only under "
+        'this interpreter ("wasm" or "unix"); the other one skips with `reason`',
+    )
+
+
+@pytest.fixture(params=MICROPYTHON_INTERPRETERS)
+def micropython(request):
+    """A :class:`MicroPythonRunner`, once for each real interpreter ("wasm", "unix").
+
+    ``@pytest.mark.interpreter("wasm", reason="...")`` keeps a test to one.
+    """
+    marker = request.node.get_closest_marker("interpreter")
+    if marker is not None and request.param != marker.args[0]:
+        pytest.skip(f"not under {request.param}: {marker.kwargs['reason']}")
+    setup = "micropython_setup" if request.param == "wasm" else "micropython_unix_setup"
+    request.getfixturevalue(setup)
+    return MicroPythonRunner(request.param)
+
+
+@pytest.fixture
+def micropython_unix(micropython_unix_setup):
+    """A :class:`MicroPythonRunner` for the unix port alone (e.g. ``heap_lock``)."""
+    return MicroPythonRunner("unix")
 
 
 @pytest.fixture

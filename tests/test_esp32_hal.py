@@ -991,7 +991,9 @@ def test_missing_imu_allocation_is_small_and_bounded_under_micropython(micropyth
     )
     out = micropython(code).stdout
     values = dict(line.split("=", 1) for line in out.splitlines() if "=" in line)
-    assert int(values["per_read"]) <= 40, out  # a fresh OSError per read: 64
+    # Bytes scale with the word: 32-bit figures, doubled on the 64-bit unix port.
+    words = micropython.word_bits // 32
+    assert int(values["per_read"]) <= 40 * words, out  # a fresh OSError per read: 64 (32-bit)
     # Why the renewal: a single instance keeps every raise's traceback.
     assert int(values["same_entries"]) == 2 * 100, out  # two frames per raise
     assert int(values["entries"]) <= 2 * 16, out  # read() + tick() frames per raise
@@ -999,7 +1001,7 @@ def test_missing_imu_allocation_is_small_and_bounded_under_micropython(micropyth
 
 _MPY_MAIN = """
 import sys
-sys.path.append("/lib/testlib")
+sys.path.append("lib/testlib")  # relative to the root of the mounts
 from invtable.hal_sim import machine_sim as ms
 sys.modules["machine"] = ms
 import invtable.firmware
@@ -1032,7 +1034,7 @@ sys.modules["firmware.esp32_hal"] = esp32_hal
 sys.modules["firmware.app"] = AppModule()
 sys.modules["boards"] = invtable.boards
 sys.modules["boards.validate"] = validate
-with open("/lib/invtable/firmware/main.py") as f:
+with open("lib/invtable/firmware/main.py") as f:
     source = f.read()
 exec(source, {"__name__": "__main__"})
 trace = table.trace
