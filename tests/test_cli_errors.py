@@ -13,6 +13,7 @@ import time
 import click
 import pytest
 from click.testing import CliRunner
+from sigint import restore_sigint
 
 from invtable.firmware.auth import DEFAULT_PIN
 from invtable.firmware.settings import LIMIT_FIELDS, PROGRAM_FIELDS, PROGRESSION_FIELDS
@@ -42,7 +43,8 @@ def invtable(*args):
 def spawn(*args, **kwargs):
     command, args = invtable(*args)
     return subprocess.Popen([*command, *args], stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
-                            stderr=subprocess.PIPE, text=True, **kwargs)
+                            stderr=subprocess.PIPE, text=True, preexec_fn=restore_sigint,
+                            **kwargs)
 
 
 def finish(proc, timeout=30):

@@ -18,6 +18,7 @@ import sys
 import time
 
 import pytest
+from sigint import restore_sigint
 
 from invtable.host import cli_users
 from invtable.host import client as client_mod
@@ -109,7 +110,8 @@ class Setup:
     def __init__(self, port, *args, stdin=subprocess.DEVNULL):
         self.proc = subprocess.Popen(
             [*INVTABLE, "setup", "--port", port, *args], stdin=stdin,
-            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, bufsize=1)
+            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, bufsize=1,
+            preexec_fn=restore_sigint)
         # With --json the text for people goes to stderr.
         self.text = self.proc.stderr if "--json" in args else self.proc.stdout
         self.read = []  # the text's lines read so far
