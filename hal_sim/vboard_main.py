@@ -29,6 +29,9 @@ interpreter look like an ESP32 with a table attached:
 - ``os`` functions and ``open`` re-raise OSError with MicroPython's errno
   numbers (ENOENT 2, EEXIST 17, ...) instead of Emscripten's (44, 20, ...),
   which mpremote's file commands rely on.
+- The board names its chip as the ESP32 port does: ``sys.implementation._machine``
+  and ``os.uname().machine`` end in ``with ESP32`` or ``with ESP32S3`` (the
+  board file's ``chip``), where this port says ``JS with Emscripten``.
 
 ``vboard_host`` is the JavaScript module the Node runner registers.
 The object returned by ``install`` is reachable on the board as
@@ -135,10 +138,56 @@ _OS_WRAPPED = (
 )
 
 
-def _install_errno_fix():
+def _machine_name(board):
+    """What the ESP32 port's sys.implementation._machine says: BOARD with MCU."""
+    return "virtual %s with %s" % (board.get("name", "board"), board.get("chip", "esp32").upper())
+
+
+class _Implementation:
+    """sys.implementation with the board's own _machine (the port's is a
+    read-only tuple)."""
+
+    def __init__(self, real, machine):
+        self.name = real.name
+        self.version = real.version
+        self._machine = machine
+        self._mpy = getattr(real, "_mpy", 0)
+        self._build = getattr(real, "_build", "")
+
+    def __repr__(self):
+        return "(name=%r, version=%r, _machine=%r, _mpy=%r)" % (
+            self.name, self.version, self._machine, self._mpy)
+
+
+class _Uname:
+    def __init__(self, machine):
+        version = sys.implementation.version
+        self.sysname = "esp32"
+        self.nodename = "esp32"
+        self.release = "%d.%d.%d" % (version[0], version[1], version[2])
+        self.version = "v" + self.release
+        self.machine = machine
+
+    def __getitem__(self, index):
+        return (self.sysname, self.nodename, self.release, self.version, self.machine)[index]
+
+    def __repr__(self):
+        return "(sysname=%r, nodename=%r, release=%r, version=%r, machine=%r)" % (
+            self.sysname, self.nodename, self.release, self.version, self.machine)
+
+
+def _install_identity(board):
+    machine = _machine_name(board)
+    uname = _Uname(machine)
+    sys.modules["sys"] = _ModuleProxy(sys, {"implementation": _Implementation(
+        sys.implementation, machine)})
+    return lambda: uname
+
+
+def _install_errno_fix(uname):
     import os as real_os
 
-    overrides = {}
+    overrides = {"uname": uname}
     for name in _OS_WRAPPED:
         fn = getattr(real_os, name, None)
         if fn is not None:
@@ -564,9 +613,9 @@ def install(config_json):
     imu (False: no MPU-6050 on the bus) and files ({name: text} for the
     flash, written unless already there)."""
     config = json.loads(config_json)
-    _install_errno_fix()
-    _install_time_and_micropython()
     board_dict = config["board"]
+    _install_errno_fix(_install_identity(board_dict))
+    _install_time_and_micropython()
     world = config.get("world")
     if world is not None:
         world = World.from_dict(world, board_dict)

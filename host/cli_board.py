@@ -93,7 +93,8 @@ until Ctrl-C, SIGTERM or `quit` on stdin. Use it as a board on USB, e.g.:
 
 Without --world the table starts commissioned (the calibration that
 commissioning measures on it is on its flash); with --world it waits for
-`invtable setup`.
+`invtable setup`. With --state-dir DIR the board's flash (the deployed
+firmware, settings, calibration, log) is kept in DIR across restarts.
 
 \b
 {INPUT_HELP}
@@ -112,14 +113,18 @@ commissioning measures on it is on its flash); with --world it waits for
               help="No MPU-6050 answers on the I2C bus from power-on (a loose connector, "
               "a brown-out): the firmware reports boot_error imu_not_found, sounds the "
               "alarm and, off its home switch, returns blind to it.")
-def sim_board(board, seed, start_angle_deg, world_data, no_imu):
+@click.option("--state-dir", "state_dir", type=click.Path(file_okay=False),
+              help="Keep the board's flash (its filesystem) in this folder across restarts: "
+              "loaded at start, every completed write saved at once [default: none, the "
+              "flash is lost at exit].")
+def sim_board(board, seed, start_angle_deg, world_data, no_imu, state_dir):
     from invtable.host import micropython as mpy
     from invtable.host.vboard import VirtualBoard, VirtualBoardError
 
     if world_data is not None:
         make_world(load_board(board), world_data)  # check it here: one line, exit 2
     vb = VirtualBoard(board, seed=seed, start_angle_deg=start_angle_deg, world=world_data,
-                      imu=not no_imu, log=sys.stderr, on_note=_note)
+                      imu=not no_imu, state_dir=state_dir, log=sys.stderr, on_note=_note)
     try:
         vb.start()
     except (VirtualBoardError, mpy.MicroPythonUnavailable) as error:
@@ -127,9 +132,10 @@ def sim_board(board, seed, start_angle_deg, world_data, no_imu):
     click.echo(vb.port)
     sys.stdout.flush()
     calibration = "commissioned" if vb.commissioned else "not commissioned (run `invtable setup`)"
+    flash = f"flash kept in {vb.state_dir}" if vb.state_dir else "flash not kept"
     click.echo(
         f"virtual {board}: MicroPython 1.27 (WebAssembly) with the simulated table, "
-        f"{calibration}; `help` on stdin lists the physical inputs; Ctrl-C to stop",
+        f"{flash}, {calibration}; `help` on stdin lists the physical inputs; Ctrl-C to stop",
         err=True,
     )
     quit_event = threading.Event()
@@ -161,22 +167,28 @@ def sim_board(board, seed, start_angle_deg, world_data, no_imu):
 @click.option("--force-unverified", is_flag=True,
               help="Deploy although invtable cannot verify that the table is at home "
               "(check it yourself: upright, nobody on it).")
-@click.option("--no-reset", is_flag=True, help="Do not reset the board after copying.")
+@click.option("--no-reset", is_flag=True, help="Do not reset the board after copying "
+              "(the firmware stays stopped, also after a failure).")
 def deploy(port, board, force_unverified, no_reset):
     """Compile the firmware and copy what changed to the board (mpremote).
 
-    Checks the board's MicroPython version against mpy-cross (1.27), compiles
-    firmware/*.py to .mpy, copies only files whose sha256 differs, resets the
-    board and checks that the firmware loads. Refuses while the table cannot
-    be verified at home.
+    Checks the board's MicroPython version against mpy-cross (1.27) and its
+    chip against the board file's, compiles firmware/*.py to .mpy, copies
+    only files whose sha256 differs (aside first, then all put in place at
+    once), resets the board and checks that the firmware answers. Refuses
+    while the table cannot be verified at home. Every step has a time limit
+    (a port with no MicroPython raw REPL fails within seconds); after a failure
+    or Ctrl-C the board is reset into the firmware it has.
 
-    Exit status: 0 ok, 2 unknown board, 3 no board on the port, 4 wrong
-    MicroPython version, 5 table not verified at home, 6 other failures.
+    Exit status: 0 ok, 2 unknown board, 3 no board (or no MicroPython raw
+    REPL) on the port, 4 wrong MicroPython version or chip, 5 table not
+    verified at home, 6 other failures, 130 interrupted (Ctrl-C).
     """
     from rich.console import Console
+    from rich.markup import escape
     from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
 
-    from invtable.host.deploy import DeployError
+    from invtable.host.deploy import DeployError, DeployInterrupted
     from invtable.host.deploy import deploy as run_deploy
 
     console = Console(stderr=True)
@@ -194,7 +206,10 @@ def deploy(port, board, force_unverified, no_reset):
                 reset=not no_reset,
             )
     except DeployError as error:
-        console.print(f"[red]deploy failed:[/red] {error}")
+        # One line however wide the terminal (soft_wrap): scripts grep it.
+        head = "deploy" if isinstance(error, DeployInterrupted) else "deploy failed:"
+        console.print(f"[red]{head}[/red] {escape(str(error))}", highlight=False,
+                      soft_wrap=True)
         sys.exit(error.exit_code)
     click.echo(
         f"deployed {board} to {result.port} (MicroPython {result.micropython}, "

@@ -12,7 +12,10 @@ A board without a world starts commissioned (the calibration commissioning
 would measure on that table is on its flash before it first boots); with a
 world it waits for ``invtable setup``. ``send_input("go")`` and the other
 physical inputs (``INPUTS``) reach the simulated table through a control
-pipe beside the serial line, while the firmware runs.
+pipe beside the serial line, while the firmware runs. With ``state_dir`` the
+board's flash (its whole filesystem: the deployed firmware, settings,
+calibration, log) is kept in that folder across restarts: loaded before the
+first boot, every completed write saved at once (host/mpy_fs.mjs).
 
 ``invtable sim board`` runs one until Ctrl-C. POSIX only (pty).
 """
@@ -45,6 +48,8 @@ START_TIMEOUT_S = 20.0
 # How long output may wait for a reader of the pty before it is dropped (a
 # UART with nobody listening loses bytes too; a connected client never waits).
 OUTPUT_STALL_S = 1.0
+# How long a board with a state dir may take to save its flash and exit.
+CLOSE_TIMEOUT_S = 5.0
 
 
 class VirtualBoardError(RuntimeError):
@@ -69,6 +74,7 @@ class VirtualBoard:
         world: dict | None = None,
         commissioned: bool | None = None,
         imu: bool = True,
+        state_dir: str | os.PathLike[str] | None = None,
         heap_bytes: int = 8 * 1024 * 1024,
         log=None,
         on_note=None,
@@ -81,6 +87,8 @@ class VirtualBoard:
         this table on the flash; None = only without a world (a --world
         table waits for ``invtable setup``, as with ``sim serve``).
         ``imu`` False: no MPU-6050 answers on the bus, from power-on.
+        ``state_dir``: a folder that keeps the flash across restarts (made if
+        missing); None = the flash lives and dies with the interpreter.
         ``on_note(text)``: the board's answers to physical inputs (default:
         the log)."""
         self.board_name = board
@@ -92,6 +100,7 @@ class VirtualBoard:
         self.world = world
         self.commissioned = world is None if commissioned is None else commissioned
         self.imu = imu
+        self.state_dir = None if state_dir is None else Path(state_dir).resolve()
         self.heap_bytes = heap_bytes
         self.log = log  # a text stream for the interpreter's diagnostics (stderr)
         self.on_note = on_note
@@ -139,7 +148,9 @@ class VirtualBoard:
             "imu": self.imu,
             "files": self.flash_files(),
         }
-        control = [] if control_fd is None else ["--control", str(control_fd)]
+        extra = [] if control_fd is None else ["--control", str(control_fd)]
+        if self.state_dir is not None:
+            extra += ["--state-dir", str(self.state_dir)]
         return [
             node,
             str(NODE_RUNNER),
@@ -151,10 +162,16 @@ class VirtualBoard:
             f"{_hal_sim_dir()}:{STAGE_DEST}",
             "--config",
             json.dumps(config),
-            *control,
+            *extra,
         ]
 
     def start(self) -> VirtualBoard:
+        if self.state_dir is not None:
+            try:
+                self.state_dir.mkdir(parents=True, exist_ok=True)
+            except OSError as error:
+                raise VirtualBoardError(f"cannot use the state dir {self.state_dir}: {error}") \
+                    from None
         self._master, self._slave = os.openpty()
         tty.setraw(self._slave)  # no echo, no line editing: a plain serial line
         os.set_blocking(self._master, False)
@@ -193,6 +210,17 @@ class VirtualBoard:
     def close(self) -> None:
         self._stop.set()
         proc = self.proc
+        if proc is not None and self.state_dir is not None and self._to_node >= 0:
+            # End of its stdin: node saves the flash and exits by itself (it
+            # sees it at the next sleep or serial read, or at once at the REPL).
+            for thread in self._threads:
+                if thread.name == "_pump_input":
+                    thread.join(1)  # it writes to that pipe: let it stop first
+            with contextlib.suppress(OSError):
+                os.close(self._to_node)
+            self._to_node = -1
+            with contextlib.suppress(subprocess.TimeoutExpired):
+                proc.wait(CLOSE_TIMEOUT_S)
         if proc is not None and proc.poll() is None:
             proc.terminate()
             try:

@@ -6,7 +6,7 @@
 // Python side (host/vboard.py) bridges stdin/stdout to a pseudo-terminal.
 //
 // usage: node host/vboard_node.mjs --micropython PATH --mount SRC:DEST...
-//            --config JSON [--heap BYTES] [--control FD]
+//            --config JSON [--heap BYTES] [--control FD] [--state-dir DIR]
 //
 // stdin must be a pipe opened with O_NONBLOCK (the Python side does that):
 // input is read with non-blocking reads, both while the REPL idles (polled
@@ -31,6 +31,12 @@
 //   the simulated table; hal_sim/vboard_main.py takes them at every control
 //   tick of the running firmware (take_inputs), and this runner hands them
 //   over itself while the REPL idles.
+// - --state-dir DIR: the board's flash (its filesystem) is loaded from DIR
+//   before the first boot and every completed change is written back at
+//   once (a file when it is closed, a rename, a removal; mpy_fs.mjs
+//   FlashMirror), so DIR keeps what was written whatever ends this process
+//   afterwards; at a clean exit (end of stdin, SIGTERM while the REPL idles)
+//   DIR is made equal to the flash once more.
 //
 // On stderr: "vboard: ready" once the interpreter is up, then diagnostics;
 // "vboard: note: TEXT" lines answer the physical inputs.
@@ -39,7 +45,7 @@ import fs from "node:fs";
 import path from "node:path";
 import { pathToFileURL } from "node:url";
 
-import { copyTree } from "./mpy_fs.mjs";
+import { copyTree, FlashMirror, loadFlash } from "./mpy_fs.mjs";
 
 const CTRL_A = 0x01;
 const CTRL_B = 0x02;
@@ -56,7 +62,14 @@ function die(message) {
 }
 
 function parseArgs(argv) {
-  const opts = { mounts: [], heap: 8 * 1024 * 1024, mjs: null, config: null, control: -1 };
+  const opts = {
+    mounts: [],
+    heap: 8 * 1024 * 1024,
+    mjs: null,
+    config: null,
+    control: -1,
+    stateDir: null,
+  };
   for (let i = 0; i < argv.length; i++) {
     const a = argv[i];
     const value = () => {
@@ -76,6 +89,8 @@ function parseArgs(argv) {
       opts.config = value();
     } else if (a === "--control") {
       opts.control = parseInt(value(), 10);
+    } else if (a === "--state-dir") {
+      opts.stateDir = value();
     } else {
       die(`unknown argument ${a}`);
     }
@@ -162,6 +177,16 @@ function takeByte() {
 let outBytes = [];
 let dropOutput = false;
 
+// The flash's copy on the host (--state-dir), once loaded.
+let flashMirror = null;
+
+// A clean end: the output out, the flash saved.
+function shutdown(code) {
+  flush();
+  if (flashMirror !== null) flashMirror.syncAll();
+  process.exit(code);
+}
+
 function flush() {
   if (!outBytes.length) return;
   const data = Buffer.from(outBytes);
@@ -172,7 +197,10 @@ function flush() {
       off += fs.writeSync(1, data, off, data.length - off);
     } catch (e) {
       if (e.code === "EAGAIN") continue;
-      if (e.code === "EPIPE") process.exit(0);
+      if (e.code === "EPIPE") {
+        outBytes = [];
+        shutdown(0);
+      }
       throw e;
     }
   }
@@ -195,10 +223,7 @@ function putText(text) {
 const sleepCell = new Int32Array(new SharedArrayBuffer(4));
 
 function checkEof() {
-  if (input.eof) {
-    flush();
-    process.exit(0);
-  }
+  if (input.eof) shutdown(0);
 }
 
 const host = {
@@ -235,7 +260,7 @@ const host = {
   },
   in_waiting() {
     pump();
-    return available();
+    return input.interrupt ? 0 : available();
   },
   // The physical inputs that arrived, newline-separated ("" = none).
   take_inputs() {
@@ -253,11 +278,13 @@ const host = {
 };
 
 // sys.stdin of the running code: a byte, or null = nothing now (read returns 0).
+// Nothing either while a Ctrl-C waits to be raised: on a board the exception
+// comes first, so what followed it (mpremote's Ctrl-A) is left to the REPL.
 function stdinChar() {
   flush();
   pump();
   checkEof();
-  if (available() > 0) return takeByte();
+  if (available() > 0 && !input.interrupt) return takeByte();
   return null;
 }
 
@@ -293,6 +320,19 @@ async function main() {
     stderr: put, // one serial line, as on the board
   });
   mp.registerJsModule("vboard_host", host);
+  // What Emscripten made for itself (tmp, home, dev, proc): not the flash.
+  const system = new Set(mp.FS.readdir("/").filter((n) => n !== "." && n !== ".."));
+  if (opts.stateDir !== null) {
+    try {
+      fs.mkdirSync(opts.stateDir, { recursive: true });
+      loadFlash(mp.FS, opts.stateDir, system);
+    } catch (e) {
+      die(`cannot load the flash from ${opts.stateDir}: ${e.message}`);
+    }
+    flashMirror = new FlashMirror(mp.FS, opts.stateDir, system);
+    flashMirror.install();
+    process.on("SIGTERM", () => shutdown(0)); // runs while the REPL idles
+  }
   for (const [src, dest] of opts.mounts) {
     try {
       copyTree(mp.FS, src, dest);

@@ -22,8 +22,15 @@ def vboard(micropython_setup):
 
 
 def test_refuses_without_home_verification(vboard):
-    with pytest.raises(dep.TableNotVerifiedHome, match="cannot verify the table is at home"):
+    # A fresh board sits at its REPL: told apart from one whose firmware is silent.
+    with pytest.raises(dep.TableNotVerifiedHome) as err:
         dep.deploy(vboard.port, "esp32_devkitc")
+    assert str(err.value).startswith(
+        f"cannot verify the table is at home on {vboard.port}: the board is at its MicroPython "
+        "REPL, the invtable firmware is not running (a deploy was stopped, or ran with "
+        f"--no-reset). Reset the board to start the firmware (`mpremote connect {vboard.port} "
+        "reset`, or its reset button, or power it off and on), then deploy again.")
+    assert "run again with --force-unverified" in str(err.value)
 
 
 def test_full_then_no_change_deploy_and_the_firmware_runs(vboard):
@@ -63,12 +70,74 @@ print("TICKS", app.ctl.state, hal.actuator.command, _vboard.drive_permille(), ap
     assert line[2:] == ["0", "0", "0"]
 
 
-def test_changed_file_is_the_only_one_copied(vboard, monkeypatch, tmp_path):
+def test_changed_file_is_the_only_one_copied(vboard):
     dep.deploy(vboard.port, "esp32_devkitc", force_unverified=True, reset=False)
-    # Same firmware, another board file: only board.py changes.
-    result = dep.deploy(vboard.port, "esp32_s3_devkitc", force_unverified=True, reset=False)
+    # board.py changed on the board (the firmware is stopped: --no-reset).
+    dep.mpremote(vboard.port, "resume", "exec", "open('/board.py', 'a').write('# by hand\\n')")
+    result = dep.deploy(vboard.port, "esp32_devkitc", force_unverified=True, reset=False)
     assert result.copied == ["/board.py"]
-    dep.deploy(vboard.port, "esp32_devkitc", force_unverified=True, reset=False)
+    listing = dep.mpremote(vboard.port, "resume", "exec", "import os; print(os.listdir('/'))")
+    assert "invtable_new" not in listing.stdout  # the staging folder is gone again
+
+
+def test_the_chip_the_board_reports():
+    for machine, chip in [
+        ("Generic ESP32 module with ESP32", "esp32"),
+        ("Generic ESP32S3 module with ESP32S3", "esp32s3"),
+        ("ESP32 module (spiram) with ESP32", "esp32"),
+        ("Espressif ESP32-S3-DevKitC-1 with ESP32-S3", "esp32s3"),
+        ("ESP32C3 module with ESP32C3", "esp32c3"),
+        ("virtual esp32_devkitc with ESP32", "esp32"),
+    ]:
+        assert dep.reported_chip({"machine": machine}) == (chip, machine)
+    assert dep.reported_chip({"machine": "", "uname": "x with ESP32S3"}) == ("esp32s3",
+                                                                             "x with ESP32S3")
+    assert dep.reported_chip({"machine": "Raspberry Pi Pico with RP2040"})[0] is None
+    info = {"machine": "Generic ESP32 module with ESP32"}
+    assert dep.check_chip(info, "esp32_devkitc", "/dev/ttyUSB0") == "esp32"
+    with pytest.raises(dep.DeployError) as err:
+        dep.check_chip(info, "esp32_s3_devkitc", "/dev/ttyUSB0")
+    assert err.value.exit_code == dep.EXIT_VERSION
+    assert str(err.value) == (
+        "board file esp32_s3_devkitc is for an ESP32-S3 (esp32s3), but the board on "
+        "/dev/ttyUSB0 is an ESP32 (esp32): it reports 'Generic ESP32 module with ESP32'; for "
+        "this board use --board esp32_devkitc"
+    )
+    with pytest.raises(dep.DeployError, match="is not an ESP32: it reports 'JS with"):
+        dep.check_chip({"machine": "JS with Emscripten"}, "esp32_devkitc", None)
+
+
+def test_no_raw_repl_says_why():
+    no_answer = dep._no_raw_repl("/dev/pts/7", None)
+    assert no_answer.exit_code == dep.EXIT_NO_BOARD
+    assert str(no_answer).startswith(
+        f"no MicroPython raw REPL on /dev/pts/7 within {dep.REPL_TIMEOUT_S:g} s")
+    serve = dep._no_raw_repl("/dev/pts/7", {"state": "HOME", "session": None})
+    assert serve.exit_code == dep.EXIT_NO_BOARD and "`invtable sim serve`" in str(serve)
+    fault = dep._no_raw_repl("/dev/pts/7", {"state": "FAULT", "session": None})
+    assert fault.exit_code == dep.EXIT_NOT_HOME
+    assert "(state FAULT) did not give way to mpremote's Ctrl-C" in str(fault)
+    assert "reset button" in str(fault)
+
+
+def test_a_first_contact_that_runs_out_of_time_is_tried_again_at_a_repl(vboard, monkeypatch):
+    dep.mpremote(vboard.port, "exec", "pass")  # the board now sits at its REPL
+    real, calls = dep.mpremote, []
+
+    def first_runs_out(port, *args, **kwargs):
+        calls.append(kwargs["timeout_s"])
+        if len(calls) == 1:  # e.g. the board took mpremote's Ctrl-A as data
+            raise dep.StepTimeout("asking the board for its version did not finish")
+        return real(port, *args, **kwargs)
+
+    monkeypatch.setattr(dep, "mpremote", first_runs_out)
+    info = dep.query_board(vboard.port)  # the look for a REPL finds it: once more
+    assert calls == [dep.REPL_TIMEOUT_S] * 2 and info["version"][:2] == [1, 27]
+    monkeypatch.setattr(dep, "_at_repl", lambda port: False)
+    calls.clear()
+    with pytest.raises(dep.DeployError, match="no MicroPython raw REPL") as err:
+        dep.query_board(vboard.port)  # no REPL there: no second try
+    assert calls == [dep.REPL_TIMEOUT_S] and err.value.exit_code == dep.EXIT_NO_BOARD
 
 
 def test_cli_errors_have_exit_codes(tmp_path):
@@ -95,7 +164,7 @@ def test_home_check_refuses_a_table_that_is_not_at_home(fake_board, state):
 
 
 def test_home_check_passes_at_home_and_refuses_silent_firmware(fake_board):
-    dep._check_table_at_home(fake_board.path)  # HOME, no session: no exception
+    assert dep._check_table_at_home(fake_board.path)["state"] == "HOME"
     fake_board.silent = True
     with pytest.raises(dep.TableNotVerifiedHome, match="did not answer `status`"):
         dep._check_table_at_home(fake_board.path)

@@ -238,3 +238,61 @@ def test_physical_inputs_reach_running_code_and_power_loss_reboots(micropython_s
     assert notes[7] == "input: power_loss (the board restarts)"
     with pytest.raises(ValueError, match="unknown input 'jump'"):
         VirtualBoard("esp32_devkitc").send_input("jump")
+
+
+def _flash_files(state_dir):
+    """{relative path: bytes} of what a state dir holds (the board's flash)."""
+    return {
+        str(path.relative_to(state_dir)): path.read_bytes()
+        for path in sorted(state_dir.rglob("*"))
+        if path.is_file()
+    }
+
+
+def test_a_state_dir_keeps_every_completed_write_across_restarts(micropython_setup, tmp_path):
+    state = tmp_path / "flash"
+    blob = bytes(range(256)) * 8
+    (tmp_path / "blob.bin").write_bytes(blob)
+    with VirtualBoard("esp32_devkitc", state_dir=state) as vb:
+        calib = (state / "calib.json").read_bytes()  # written before the first boot
+        ok(mpremote(vb.port, "fs", "mkdir", ":data"))
+        ok(mpremote(vb.port, "fs", "cp", str(tmp_path / "blob.bin"), ":data/blob.bin"))
+        # In the folder as soon as mpremote is done, not only at exit.
+        assert (state / "data" / "blob.bin").read_bytes() == blob
+        ok(mpremote(vb.port, "exec", (
+            "import os\n"
+            "for name, text in (('a.txt', 'one'), ('b.txt', 'two'), ('gone.txt', 'x')):\n"
+            "    with open(name, 'w') as f:\n"
+            "        f.write(text)\n"
+            "os.rename('a.txt', 'b.txt')\n"  # replaces b.txt, as the firmware's storage does
+            "os.remove('gone.txt')\n"
+            "f = open('b.txt', 'w')\n"  # still open (not closed) when the board dies
+            "f.write('torn')\n"
+        )))
+        assert _flash_files(state) == {"calib.json": calib, "data/blob.bin": blob, "b.txt": b"one"}
+        vb.proc.kill()  # node dies at once: nothing is saved at exit
+        vb.wait()
+    with VirtualBoard("esp32_devkitc", state_dir=state) as vb:
+        out = ok(mpremote(vb.port, "exec", (
+            "import os\n"
+            "print(sorted(n for n in os.listdir('/') if n not in ('tmp', 'home', 'dev', 'proc')))\n"
+            "print(open('b.txt').read(), len(open('data/blob.bin', 'rb').read()))\n"
+            "os.remove('b.txt')\n"
+        )))
+        assert out.split("\n")[:2] == ["['b.txt', 'calib.json', 'data']", f"one {len(blob)}"]
+    # A clean stop (end of node's stdin) leaves the folder equal to the flash.
+    assert _flash_files(state) == {"calib.json": calib, "data/blob.bin": blob}
+
+
+def test_without_a_state_dir_the_flash_is_not_kept(vboard):
+    ok(mpremote(vboard.port, "exec", "open('kept.txt', 'w').write('1')"))
+    assert "kept.txt" in ok(mpremote(vboard.port, "fs", "ls", ":"))
+    with VirtualBoard("esp32_devkitc") as fresh:
+        assert "kept.txt" not in ok(mpremote(fresh.port, "fs", "ls", ":"))
+    assert fresh.state_dir is None
+
+
+def test_the_board_names_its_chip_as_the_esp32_port_does(vboard):
+    script = "import sys, os\nprint(sys.implementation._machine)\nprint(os.uname().machine)\n"
+    assert ok(mpremote(vboard.port, "exec", script)).split() == [
+        "virtual", "esp32_devkitc", "with", "ESP32"] * 2
