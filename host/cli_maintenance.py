@@ -4,7 +4,7 @@ With the console lock in force (on by default, once the admin PIN is not the
 factory one) the firmware never lets Ctrl-C on the serial line reach the
 REPL, so mpremote and serial terminals cannot get in; `invtable maintenance`
 opens it with the admin PIN for one maintenance session (until the board
-restarts), at rest at home only. `invtable deploy` does the same itself.
+restarts), at rest at home only. `invtable deploy --pin` does the same itself.
 """
 
 import click
@@ -49,7 +49,7 @@ def maintenance(pin, opts):
     """Open the board's REPL for one maintenance session (admin, at home).
 
     Until the board restarts, Ctrl-C on the serial line reaches the REPL while
-    the table is at rest at home, so mpremote works. `invtable deploy` does this
+    the table is at rest at home, so mpremote works. `invtable deploy --pin` does this
     itself."""
     pin = resolve_pin(pin, as_json=opts["as_json"])
     data = call(opts, "maintenance.unlock", pin=pin)

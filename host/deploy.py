@@ -525,8 +525,8 @@ def _no_raw_repl(port: str | None, status: dict | None) -> DeployError:
     if state == "HOME" and not status.get("session") and _console_locked(port):
         return DeployError(
             f"the console of {where} is locked (its admin PIN is set), so mpremote cannot "
-            f"reach the REPL: open it with `invtable maintenance --port {port or 'PORT'}` (admin "
-            "PIN; until the board restarts), then deploy again",
+            f"reach the REPL: deploy with --pin (or INVTABLE_PIN), or open it with `invtable "
+            f"maintenance --port {port or 'PORT'}` (admin PIN; until the board restarts) first",
             EXIT_FAILED,
         )
     if state == "HOME" and not status.get("session"):
@@ -547,6 +547,20 @@ def _no_raw_repl(port: str | None, status: dict | None) -> DeployError:
         f"{waited}: it does so only at rest at HOME with no session open; {then}",
         EXIT_NOT_HOME,
     )
+
+
+def _unlock_console(port: str | None, pin: str) -> None:
+    """maintenance.unlock over the protocol: the REPL until the board restarts."""
+    from invtable.host.client import Client, ClientError, ProtocolError
+
+    try:
+        with Client(port, timeout=STATUS_TIMEOUT_S) as client:
+            client.request("maintenance.unlock", pin=pin)
+    except ProtocolError as error:
+        raise DeployError(f"the board refused to open its console: {error.message}",
+                          EXIT_FAILED) from None
+    except ClientError as error:
+        raise DeployError(f"cannot open the board's console: {error}", EXIT_FAILED) from None
 
 
 def _console_locked(port: str | None) -> bool:
@@ -717,17 +731,20 @@ def deploy(
     force_unverified: bool = False,
     progress=None,
     reset: bool = True,
+    pin: str | None = None,
 ) -> DeployResult:
     """Deploy the firmware; see the module docstring. `progress` is a
     rich.progress.Progress (or None for no display). A failure or Ctrl-C
     (DeployInterrupted) after the firmware was stopped resets the board
-    first, unless ``reset`` is False; the message says what was done."""
+    first, unless ``reset`` is False; the message says what was done.
+    ``pin``: the admin PIN, to open a locked console for this deploy
+    (maintenance.unlock, until the board restarts)."""
     plan = deploy_plan(board)  # unknown board name: error before anything else
     check_port(port)
     steps = _Steps(progress, total=len(plan) + 7)
     touched = _Touched()
     try:
-        return _deploy(port, board, plan, force_unverified, reset, steps, touched)
+        return _deploy(port, board, plan, force_unverified, reset, steps, touched, pin)
     except KeyboardInterrupt:
         during = steps.current
         after = _recover(port, touched, steps, reset)
@@ -739,7 +756,7 @@ def deploy(
         raise
 
 
-def _deploy(port, board, plan, force_unverified, reset, steps, touched) -> DeployResult:
+def _deploy(port, board, plan, force_unverified, reset, steps, touched, pin) -> DeployResult:
     started = time.monotonic()
     result = DeployResult(port=port or "auto", board=board)
     steps.begin(f"checking that the table is at home ({port or 'the board'})")
@@ -750,6 +767,9 @@ def _deploy(port, board, plan, force_unverified, reset, steps, touched) -> Deplo
             raise
         status = error.status
         steps.note("not verified: going on (--force-unverified)")
+    if pin is not None and status is not None and _console_locked(port):
+        steps.begin("opening the locked console with the admin PIN")
+        _unlock_console(port, pin)
     steps.begin(f"asking the board for its version and chip (up to {REPL_TIMEOUT_S:g} s)")
     target, mpy_version = mpy_cross_version()
     touched.repl = True

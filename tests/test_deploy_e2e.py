@@ -13,6 +13,7 @@ flash, so what the deploy wrote, or did not write, is read there directly.
 
 from __future__ import annotations
 
+import json
 import signal
 import subprocess
 import sys
@@ -183,11 +184,18 @@ def test_a_locked_console_is_named_with_the_command_that_opens_it(board):
         assert seconds < 30
         assert failure_line(proc) == (
             f"deploy failed: the console of {board.port} is locked (its admin PIN is set), so "
-            f"mpremote cannot reach the REPL: open it with `invtable maintenance --port "
-            f"{board.port}` (admin PIN; until the board restarts), then deploy again"
+            f"mpremote cannot reach the REPL: deploy with --pin (or INVTABLE_PIN), or open "
+            f"it with `invtable maintenance --port {board.port}` (admin PIN; until the board "
+            "restarts) first"
         )
         admin("maintenance")
         proc, _ = deploy(board.port)
+        assert proc.returncode == 0, proc.stderr
+        # The deploy's reset locked it again: `deploy --pin` opens it itself.
+        info = subprocess.run([*invtable_cmd(), "info", "--json", "--port", board.port],
+                              capture_output=True, text=True, timeout=30)
+        assert json.loads(info.stdout)["console_locked"] is True
+        proc, _ = deploy(board.port, "--pin", "4821")
         assert proc.returncode == 0, proc.stderr
     finally:
         admin("console", "lock", "off")  # for what follows
