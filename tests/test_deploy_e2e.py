@@ -20,6 +20,7 @@ import sys
 import time
 
 import pytest
+from sigint import restore_sigint
 from test_vboard_session import SimBoardProcess, invtable_cmd, status, wait_status
 
 from invtable.host import deploy as dep
@@ -135,7 +136,7 @@ def test_ctrl_c_while_copying_leaves_the_old_firmware_running_and_a_plain_deploy
     assert all(edited[name].endswith(EDIT_MARK) for name in EDITED)
 
     proc = subprocess.Popen([*invtable_cmd(), "deploy", "--port", board.port],
-                            stderr=subprocess.PIPE, text=True)
+                            stderr=subprocess.PIPE, text=True, preexec_fn=restore_sigint)
     lines = []
     interrupted_at = None
     for line in proc.stderr:
