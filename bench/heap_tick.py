@@ -43,7 +43,9 @@ building a ``Controller`` and ``Inputs``; ``firmware_boot_bytes`` is the part
 that this added. In the npm WebAssembly build ``gc.collect()`` frees nothing
 allocated since the script last yielded to the JS event loop, so only
 ``amain`` (which awaits before collecting; used by the CPython launcher) gives
-exact figures; ``boot_heap_exact`` says which.
+exact figures; ``boot_heap_exact`` says which. This covers the control path
+only; the full board boot (main.py, the ESP32 HAL, protocol, settings, ...)
+that bench/results.json reports is bench/boot_heap.py's.
 
 Timings are for the WebAssembly interpreter under Node on the host, not for an
 ESP32; use them only to compare firmware versions on one machine. Heap bytes

@@ -10,7 +10,7 @@ last-resort routine with no estimator drives slowly to the home switch.
 
 from . import calibration, storage
 from .auth import AUTH_FILE, Auth
-from .compat import const, ticks_diff
+from .compat import const, release_module, ticks_diff
 from .controller import END_COMPLETED, F_CRASH, F_SETUP_LEFT, HOME, Controller, Inputs
 from .exposure import EXPOSURE_FILE, DailyExposure, day_number
 from .last_resort import LastResort
@@ -29,6 +29,12 @@ MARKER_FILE = "session.json"
 _MAX_CRASHES = const(3)
 
 _fallback_state = [0]
+
+# This package's name: "firmware" on the board, "invtable.firmware" on a PC.
+_PACKAGE = __name__[: __name__.rfind(".")]
+# Modules main.py loads only to check the board file (boards/validate.py and
+# boards/chips.py, deployed as source beside it): the loop never needs them.
+_BOOT_ONLY_MODULES = ("validate", "chips")
 
 
 def random_bytes(n, ticks_ms=None):
@@ -301,6 +307,7 @@ class App:
             status["calibration"] = setup.result
         self.setup_last = status
         self.setup = None
+        release_module(_PACKAGE + ".commission")  # loaded again by the next setup
         # Start again from BOOT on the new calibration (or the old one). Left
         # away from home (the builder cancelled before jogging it back), the
         # empty table stays where it is, drive off, alarm on: a fault, which a
@@ -476,6 +483,7 @@ class App:
             self.setup_last["error"] = {"code": "internal", "message": "%s: %s" % (
                 type(error).__name__, error)}
             self.setup = None
+            release_module(_PACKAGE + ".commission")
         self.last_error = "%s: %s" % (type(error).__name__, error)
         try:
             self.hal.actuator.off()
@@ -552,6 +560,9 @@ def run(hal, board, app=None, reset_fault=None, time_module=None, ticks=None):
     if time_module is None:
         import time as time_module
     time = time_module
+    # Boot is over: what only boot needed need not stay in the heap.
+    for name in _BOOT_ONLY_MODULES:
+        release_module(name)
     period_ms = 1000 // board["control_hz"]
     if app is None:
         app = App(hal, board, reset_fault=reset_fault)

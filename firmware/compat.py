@@ -41,3 +41,28 @@ def ticks_add(ticks, delta_ms):
     if result < 0:
         result = result + _TICKS_HALF + _TICKS_HALF
     return result
+
+
+def release_module(name):
+    """Let go of an imported module (``name`` as in sys.modules), so that its
+    code can be collected: on the board the bytecode of a module loaded from
+    an .mpy file sits in the heap (about as many bytes as the file) until
+    nothing refers to it. A later import loads it again. Only under
+    MicroPython: under CPython (tests, the simulator) a second import would
+    give other class objects than the ones already imported, and memory does
+    not matter. Its qstrs (names) stay interned either way."""
+    import sys
+
+    if sys.implementation.name != "micropython":
+        return
+    if sys.modules.pop(name, None) is None:
+        return
+    dot = name.rfind(".")
+    if dot > 0:
+        # The import also made it an attribute of its package.
+        package = sys.modules.get(name[:dot])
+        if package is not None:
+            try:
+                delattr(package, name[dot + 1 :])
+            except (AttributeError, TypeError):
+                pass

@@ -20,10 +20,10 @@ export function mkdirs(FS, dir) {
   }
 }
 
-// Copy the .py files under host path `src` (a folder, recursively, or one
-// file) to `dest` in the interpreter. Returns the number of files copied;
-// throws if `src` does not exist.
-export function copyTree(FS, src, dest) {
+// Copy the .py files (every file with `all`: .mpy too) under host path `src`
+// (a folder, recursively, or one file) to `dest` in the interpreter. Returns
+// the number of files copied; throws if `src` does not exist.
+export function copyTree(FS, src, dest, all = false) {
   let st;
   try {
     st = fs.statSync(src);
@@ -41,13 +41,34 @@ export function copyTree(FS, src, dest) {
     const from = path.join(src, entry.name);
     const to = path.posix.join(dest, entry.name);
     if (entry.isDirectory()) {
-      if (!SKIP_DIRS.has(entry.name) && !entry.name.startsWith(".")) n += copyTree(FS, from, to);
-    } else if (entry.name.endsWith(".py")) {
+      if (!SKIP_DIRS.has(entry.name) && !entry.name.startsWith(".")) {
+        n += copyTree(FS, from, to, all);
+      }
+    } else if (all ? !entry.name.startsWith(".") : entry.name.endsWith(".py")) {
       FS.writeFile(to, fs.readFileSync(from));
       n += 1;
     }
   }
   return n;
+}
+
+// Byte-wise output from MicroPython, written to `stream` a line at a time
+// (or every 64 KB): put(bytes) as the interpreter's stdout, flush() at the end.
+export function lineWriter(stream) {
+  let buf = [];
+  const flush = () => {
+    if (buf.length) {
+      stream.write(Buffer.from(buf));
+      buf = [];
+    }
+  };
+  const put = (bytes) => {
+    for (const c of bytes) {
+      buf.push(c);
+      if (c === 10 || buf.length >= 65536) flush();
+    }
+  };
+  return { put, flush };
 }
 
 // --- the virtual board's flash kept in a host folder (`sim board --state-dir`) ---

@@ -28,7 +28,7 @@ import fs from "node:fs";
 import path from "node:path";
 import { fileURLToPath, pathToFileURL } from "node:url";
 
-import { copyTree } from "./mpy_fs.mjs";
+import { copyTree, lineWriter } from "./mpy_fs.mjs";
 
 const PACKAGE = "@micropython/micropython-webassembly-pyscript";
 const DEFAULT_HEAP = 8 * 1024 * 1024;
@@ -108,24 +108,6 @@ function findMicroPythonMjs(explicit) {
     if (fs.existsSync(c)) return path.resolve(c);
   }
   die(`cannot find ${PACKAGE}; run \`npm ci\` in the repo root`);
-}
-
-// Byte-wise output from MicroPython, written out a line at a time.
-function lineWriter(stream) {
-  let buf = [];
-  const flush = () => {
-    if (buf.length) {
-      stream.write(Buffer.from(buf));
-      buf = [];
-    }
-  };
-  const put = (bytes) => {
-    for (const c of bytes) {
-      buf.push(c);
-      if (c === 10 || buf.length >= 65536) flush();
-    }
-  };
-  return { put, flush };
 }
 
 // The PythonError message is the formatted traceback; for SystemExit its last
