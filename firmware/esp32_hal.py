@@ -354,7 +354,11 @@ class Fs:
 
     def write_bytes(self, name, data):
         with open(self._path(name), "wb") as f:
-            f.write(data)
+            if isinstance(data, (bytes, bytearray, memoryview)):
+                f.write(data)
+            else:
+                for chunk in data:  # a large file, one chunk at a time
+                    f.write(chunk)
 
     def rename(self, old, new):
         old_path = self._path(old)

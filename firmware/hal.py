@@ -45,7 +45,9 @@ indicator
 fs
     Flash storage, one flat namespace of small files.
     ``read_bytes(name)`` -> bytes, or None if the file does not exist;
-    ``write_bytes(name, data)`` (may be torn by a power cut);
+    ``write_bytes(name, data)`` (may be torn by a power cut): ``data`` is
+    bytes, or any other iterable of bytes chunks written one after the other
+    (a large file never built whole in RAM);
     ``rename(old, new)`` (atomic, replaces ``new``); ``remove(name)``
     (no error if missing).
 

@@ -12,6 +12,8 @@ Not used inside the control loop: a session's entry is appended once, when it
 has ended (or, at boot, for one that a reset interrupted).
 """
 
+import json
+
 from . import storage
 
 LOG_FILE = "sessions.json"
@@ -64,51 +66,102 @@ def check_entry(entry):
     }
 
 
+# An entry's fields, in the order the log keeps them in RAM (one tuple each).
+FIELDS = ("user", "start_s", "uptime_ms", "max_angle_mdeg", "inverted_ms", "end", "fault",
+          "daily_ms")
+
+
 class SessionLog:
+    """The last ``max_entries`` sessions: in RAM as tuples (a dict per entry
+    held 50 times was about 9 KB of an ESP32's heap; tuples with shared
+    strings about a third of it), saved whole, one entry encoded at a time."""
+
     def __init__(self, fs, max_entries=MAX_ENTRIES):
         self._fs = fs
         self._max = max_entries
-        self._entries = []
+        self._rows = []
         self.status = self.load()
 
     def load(self):
         """Read flash; "ok", "missing", "corrupt" (a corrupt log starts empty
         and is replaced by the next append) or "newer_version" (kept, read-only)."""
         data, version, status = storage.load_versioned(self._fs, LOG_FILE, SCHEMA)
-        entries = []
+        rows = []
         if status == storage.OK:
             try:
-                for e in data if version == 1 else data["entries"]:
-                    entries.append(check_entry(e))
+                stored = data if version == 1 else data["entries"]
+                for e in stored[-self._max :]:
+                    rows.append(self._row(check_entry(e), rows))
             except Exception:  # malformed content: as corrupt
-                entries = []
+                rows = []
                 status = storage.CORRUPT
-        self._entries = entries[-self._max :]
+        self._rows = rows
         self.status = status
         return status
 
+    @staticmethod
+    def _row(entry, rows):
+        """The tuple for a checked entry; a string already held by the log (a
+        user's name, an end, a fault code) is shared, not kept again."""
+        values = []
+        for key in FIELDS:
+            v = entry[key]
+            if isinstance(v, str):
+                v = _shared(v, rows)
+            values.append(v)
+        return tuple(values)
+
     def append(self, entry):
         """Validate, add, drop the oldest beyond max_entries, save atomically."""
-        entries = self._entries + [check_entry(entry)]
-        if len(entries) > self._max:
-            entries = entries[-self._max :]
-        self._save(entries)
-        self._entries = entries
+        rows = self._rows + [self._row(check_entry(entry), self._rows)]
+        if len(rows) > self._max:
+            rows = rows[-self._max :]
+        self._save(rows)
+        self._rows = rows
         self.status = storage.OK  # a missing or corrupt log is now replaced
 
-    def entries(self):
-        """Oldest first, as copies."""
-        return [dict(e) for e in self._entries]
+    def entries(self, start=0, count=None):
+        """Oldest first, as dicts (new ones: the caller may change them);
+        ``start`` and ``count`` take a slice without building the rest."""
+        rows = self._rows[start:] if count is None else self._rows[start : start + count]
+        return [_as_dict(row) for row in rows]
 
     def __len__(self):
-        return len(self._entries)
+        return len(self._rows)
 
     def clear(self):
         self._save([])
-        self._entries = []
+        self._rows = []
         self.status = storage.OK
 
-    def _save(self, entries):
+    def _save(self, rows):
         if self.status == storage.NEWER:
             raise ValueError(LOG_FILE + " was written by a newer firmware: not changed")
-        storage.save(self._fs, LOG_FILE, {"schema": SCHEMA, "entries": entries})
+
+        def chunks():
+            yield '{"schema": ' + str(SCHEMA) + ', "entries": ['
+            sep = ""
+            for row in rows:
+                yield sep + json.dumps(_as_dict(row))
+                sep = ", "
+            yield "]}"
+
+        storage.save_chunks(self._fs, LOG_FILE, chunks)
+
+
+def _as_dict(row):
+    entry = {}
+    for i, key in enumerate(FIELDS):
+        entry[key] = row[i]
+    return entry
+
+
+def _shared(text, rows):
+    for end in ENDS:
+        if end == text:
+            return end
+    for row in rows:
+        for v in row:
+            if v == text and isinstance(v, str):
+                return v
+    return text

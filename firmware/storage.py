@@ -74,6 +74,29 @@ def save(fs, name, obj):
     fs.rename(tmp, name)
 
 
+def save_chunks(fs, name, chunks):
+    """``save`` for data too large to encode at once: ``chunks()`` returns a
+    fresh iterable of strings whose concatenation is the data's JSON. It is
+    called twice (once to hash, once to write), so at no moment is more than
+    one chunk encoded in RAM; what ``load`` reads back is the same as if the
+    whole object had been ``save``d."""
+    head = b'{"v": ' + str(FORMAT_VERSION).encode() + b', "data": '
+    h = hashlib.sha256(head)
+    for chunk in chunks():
+        h.update(chunk.encode())
+    h.update(b"}")
+
+    def parts():
+        yield hexlify(h.digest()) + b"\n" + head
+        for chunk in chunks():
+            yield chunk.encode()
+        yield b"}"
+
+    tmp = name + TMP_SUFFIX
+    fs.write_bytes(tmp, parts())
+    fs.rename(tmp, name)
+
+
 def load_versioned(fs, name, schema):
     """(data, version, status) for a file whose data names its ``"schema"``
     (none: version 1): OK up to ``schema`` (the caller migrates older ones),

@@ -8,7 +8,7 @@ the board's LittleFS. CPython only (the simulator's serve loop).
 
 import os
 
-from .flash import PowerLoss
+from .flash import PowerLoss, as_bytes
 
 
 class DirFlash:
@@ -40,7 +40,7 @@ class DirFlash:
             return None
 
     def write_bytes(self, name, data):
-        data = bytes(data)
+        data = as_bytes(data)
         tear_at = self._tear_at
         if tear_at is not None:
             self._tear_at = None

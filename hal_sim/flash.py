@@ -9,6 +9,13 @@ _ENOENT = 2
 _ENOSPC = 28
 
 
+def as_bytes(data):
+    """The bytes ``write_bytes`` is given: bytes, or an iterable of chunks."""
+    if isinstance(data, (bytes, bytearray, memoryview)):
+        return bytes(data)
+    return b"".join(data)
+
+
 class PowerLoss(BaseException):
     """The board lost power in the middle of a flash write.
 
@@ -39,7 +46,7 @@ class SimFlash:
         return self._files.get(name)
 
     def write_bytes(self, name, data):
-        data = bytes(data)
+        data = as_bytes(data)
         if self._fail_next:
             self._fail_next = False
             raise OSError(_ENOSPC)

@@ -230,6 +230,52 @@ def test_random_objects_and_cuts_never_load_garbage(old, new, cut, seq):
     assert storage.load(_reboot(fs), "f") == (old, "ok")
 
 
+
+def _chunks_of(value):
+    """Chunks whose concatenation is ``value``'s JSON: a list's items one by one."""
+    def chunks():
+        if isinstance(value, list):
+            yield "["
+            for i, item in enumerate(value):
+                yield (", " if i else "") + json.dumps(item)
+            yield "]"
+        else:
+            yield json.dumps(value)
+    return chunks
+
+
+@settings(max_examples=200, deadline=None)
+@given(old=_json_values, new=_json_values, cut=st.integers(0, 10_000))
+def test_a_chunked_save_reads_back_as_a_whole_save_and_a_torn_one_as_the_old(old, new, cut):
+    fs = SimFlash()
+    storage.save_chunks(fs, "f", _chunks_of(old))
+    assert storage.load(_reboot(fs), "f") == (old, "ok")
+    whole = SimFlash()
+    storage.save(whole, "f", old)
+    assert storage.load(whole, "f") == storage.load(fs, "f")
+    fs.tear_next_write(cut)
+    with pytest.raises(PowerLoss):
+        storage.save_chunks(fs, "f", _chunks_of(new))
+    assert storage.load(_reboot(fs), "f") == (old, "ok")
+
+
+def test_a_chunked_save_reaches_the_flash_one_chunk_at_a_time():
+    written = []
+
+    class ChunkFs(SimFlash):
+        def write_bytes(self, name, data):
+            assert not isinstance(data, (bytes, bytearray)), "built whole in RAM"
+            parts = list(data)
+            written.append([len(p) for p in parts])
+            super().write_bytes(name, parts)
+
+    fs = ChunkFs()
+    items = list(range(100))
+    storage.save_chunks(fs, "f", _chunks_of(items))
+    assert storage.load(fs, "f") == (items, "ok")
+    assert max(written[0]) < 100  # the largest piece: the checksum line and envelope
+
+
 # -- session log --------------------------------------------------------------
 
 
@@ -257,6 +303,21 @@ def test_log_bounded_to_50_keeps_newest():
     again = sessionlog.SessionLog(_reboot(fs))
     assert again.status == "ok"
     assert again.entries() == got
+
+
+def test_log_entries_slices_and_the_saved_file_is_the_whole_log():
+    fs = SimFlash()
+    log = sessionlog.SessionLog(fs)
+    for i in range(7):
+        log.append(_entry(i, fault=None if i % 2 else "stall"))
+    assert len(log) == 7
+    assert [e["uptime_ms"] for e in log.entries(2, 3)] == [2000, 3000, 4000]
+    assert [e["uptime_ms"] for e in log.entries(5)] == [5000, 6000]
+    assert log.entries(9, 3) == []
+    data, status = storage.load(fs, sessionlog.LOG_FILE)
+    assert status == "ok" and data["schema"] == sessionlog.SCHEMA
+    assert data["entries"] == log.entries()
+    assert data["entries"][0] == dict(_entry(0, fault="stall"), daily_ms=None)
 
 
 def test_log_accepts_each_end_and_null_start():
