@@ -9,7 +9,7 @@ The table moves only while the builder holds GO on the table (hold-to-run);
 STOP on the table, ``invtable stop`` or Ctrl-C here abandon the routine with
 the drive off and keep the previous calibration.
 
-Exit codes as in host/cli_users.py: a step that fails (the firmware says what
+Exit codes as in host/cli_common.py: a step that fails (the firmware says what
 to check) is the board refusing, EXIT_REFUSED; Ctrl-C exits 130.
 """
 
@@ -21,9 +21,9 @@ from rich.padding import Padding
 from rich.panel import Panel
 from rich.progress import BarColumn, Progress, TaskProgressColumn, TextColumn
 
-from invtable.host import cli_users
+from invtable.host import cli_common
 from invtable.host import client as client_mod
-from invtable.host.cli_users import (
+from invtable.host.cli_common import (
     EXIT_REFUSED,
     Failure,
     board_command,
@@ -312,7 +312,7 @@ def setup(pin, home_angle, level_here, opts):
     console = err if as_json else out
     if home_angle is not None and level_here:
         raise click.UsageError("give either --home-angle or --level-here, not both")
-    if home_angle is None and not level_here and not cli_users._stdin_is_tty():
+    if home_angle is None and not level_here and not cli_common._stdin_is_tty():
         raise click.UsageError("the level step needs the level reference: give --home-angle "
                                "DEG or --level-here, or run in a terminal to be asked")
     console.print(Panel(INTRO, title="[bold]invtable setup[/]", title_align="left"))

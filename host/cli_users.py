@@ -15,11 +15,7 @@ from invtable.firmware import settings as settings_rules
 from invtable.firmware.settings import SettingsError
 from invtable.host import cli_common as common
 from invtable.host import client as client_mod
-
-# host/cli_setup.py and tests/test_cli_setup.py take these from here (they
-# predate host/cli_common.py; neither is this change's to edit).
-from invtable.host.cli_common import (  # noqa: F401
-    EXIT_PIN,
+from invtable.host.cli_common import (
     EXIT_REFUSED,
     FIELDS,
     LIMIT_KEYS,
@@ -27,12 +23,10 @@ from invtable.host.cli_common import (  # noqa: F401
     PROGRESSION_KEYS,
     Failure,
     board_command,
-    calibration_rows,
     call,
     connect,
     emit_json,
     err,
-    failure_for,
     from_wire,
     human,
     kv_table,
@@ -49,13 +43,6 @@ from invtable.host.ranges import (
     max_hold_ms,
     setting_range,
 )
-
-
-def _stdin_is_tty():
-    """host/cli_setup.py asks this module; the answer is cli_common's (one place to
-    monkeypatch)."""
-    return common._stdin_is_tty()
-
 
 # Contraindications shown when a user is created (docs/DESIGN.md and the
 # manufacturers' and clinical sources it cites).

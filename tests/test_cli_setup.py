@@ -20,7 +20,7 @@ import time
 import pytest
 from sigint import restore_sigint
 
-from invtable.host import cli_users
+from invtable.host import cli_common
 from invtable.host import client as client_mod
 
 pytestmark = [
@@ -234,7 +234,7 @@ def test_a_wrong_pin_is_refused_with_its_exit_code(table):
     server = table()
     setup = Setup(server.path, "--pin", "1111", "--home-angle", "-55")
     code, output, stderr = setup.finish()
-    assert code == cli_users.EXIT_PIN, output + stderr
+    assert code == cli_common.EXIT_PIN, output + stderr
     assert "wrong PIN" in stderr and "Traceback" not in stderr
     assert board_status(server.path)["state"] != "SETUP"
 
@@ -249,7 +249,7 @@ def test_stop_during_a_jog_ends_setup_with_the_firmwares_message(table):
     setup.play_builder(server)
     code, output, stderr = setup.finish()
     server.press("go_up")
-    assert code == cli_users.EXIT_REFUSED, output + stderr
+    assert code == cli_common.EXIT_REFUSED, output + stderr
     assert "STOP pressed" in stderr and "the drive is off" in stderr
     assert "IMU axes" in stderr  # the step it failed in
     assert "Traceback" not in stderr
