@@ -11,11 +11,13 @@ as source, compiled by the board at import; ``mpy-O3``: compiled with -O3,
 which leaves out the line-number tables, a what-if):
 
 1. ``boot``: the virtual board's boot (``bench/boot_heap_board.py``): the
-   flash laid out as deploy lays it out (``/main.py``, ``/boot.py``,
-   ``/board.py`` = boards/esp32_devkitc.py, ``/chips.py``, ``/validate.py``,
-   ``/firmware/*``, and the commissioned calibration the virtual board
+   flash laid out as deploy lays it out (``/main.py``, the boot loader, and
+   ``/boot.py``; the slot ``/fw/a/`` with ``board.py`` = boards/esp32_devkitc.py,
+   ``chips.py``, ``validate.py``, ``firmware/*`` and ``manifest.json``;
+   ``/fw/active``; and the commissioned calibration the virtual board
    starts with), ``hal_sim.vboard_main.install`` as host/vboard_node.mjs runs
-   it, then boot.py and main.py. main.py builds the ESP32 HAL
+   it, then boot.py and main.py. main.py checks the slot against its
+   manifest and runs firmware.start, which builds the ESP32 HAL
    (firmware.esp32_hal on hal_sim.machine_sim) and runs the App (protocol,
    settings, auth, log, exposure, calibration); the run loop is cut after
    ``BOOT_TICKS`` ticks. The firmware's heap is ``gc.mem_alloc()`` after
@@ -48,11 +50,12 @@ HAL_SIM = REPO / "hal_sim"
 RUNNER = REPO / "bench" / "mpy_bench_runner.mjs"
 BOARD_SCRIPT = REPO / "bench" / "boot_heap_board.py"
 BOARD_NAME = "esp32_devkitc"
-ROOT_SOURCES = ("main.py", "boot.py")  # deployed as source (host/deploy.py)
+ROOT_SOURCES = ("main.py", "loader.py", "boot.py")  # deployed as source (host/deploy.py)
 # What main.py loads beside the firmware package: the board file and its
 # validator (source, compiled at boot), and main.py itself (compiled at boot).
 ROOT_MODULES = ("board", "chips", "validate", "main.py")
 STAGE = "/tmp/_vboard"  # where host/vboard_node.mjs stages hal_sim
+SLOT_PATH = "/fw/a"  # the firmware slot lay_out_flash makes (host/deploy_slots.py)
 HEAP_BYTES = 1024 * 1024
 BOOT_TICKS = 100  # 2 s of the board's own loop after the App is built
 GOAL_BYTES = 48 * 1024
@@ -105,20 +108,23 @@ def calibration_text() -> str:
 
 
 def lay_out_flash(root: Path, fmt: str) -> None:
-    """The board's filesystem as deploy leaves it (plus nothing else)."""
-    (root / "firmware").mkdir(parents=True)
-    for name in ROOT_SOURCES:
-        shutil.copyfile(FIRMWARE / name, root / name)
-    shutil.copyfile(BOARDS / f"{BOARD_NAME}.py", root / "board.py")
-    shutil.copyfile(BOARDS / "chips.py", root / "chips.py")
-    shutil.copyfile(BOARDS / "validate.py", root / "validate.py")
+    """The board's filesystem as deploy leaves it (plus nothing else): the
+    firmware slot fw/a with its manifest, fw/active, the loader at the root."""
+    from invtable.host import deploy_slots as slots
+
+    slot = root / SLOT_PATH.lstrip("/")
+    (slot / "firmware").mkdir(parents=True)
+    shutil.copyfile(BOARDS / f"{BOARD_NAME}.py", slot / "board.py")
+    shutil.copyfile(BOARDS / "chips.py", slot / "chips.py")
+    shutil.copyfile(BOARDS / "validate.py", slot / "validate.py")
     for src in firmware_sources():
         if fmt == "mpy":
-            compile_mpy(src, root / "firmware" / (src.stem + ".mpy"))
+            compile_mpy(src, slot / "firmware" / (src.stem + ".mpy"))
         elif fmt == "mpy-O3":
-            compile_mpy(src, root / "firmware" / (src.stem + ".mpy"), opt=3)
+            compile_mpy(src, slot / "firmware" / (src.stem + ".mpy"), opt=3)
         else:
-            shutil.copyfile(src, root / "firmware" / src.name)
+            shutil.copyfile(src, slot / "firmware" / src.name)
+    slots.finish_flash(root, "a", BOARD_NAME, slots.firmware_version(FIRMWARE), FIRMWARE)
 
 
 def stage_hal_sim(dest: Path) -> None:
@@ -245,13 +251,13 @@ def measure(fmt: str) -> dict:
         vboard = {"board": load_board(BOARD_NAME), "seed": 0, "start_angle_deg": None,
                   "world": None, "imu": True, "files": {calib_name: calib_text}}
         boot_cfg = {"mode": "boot", "stage": STAGE, "vboard": vboard, "ticks": BOOT_TICKS,
-                    "app_parts": list(APP_PARTS)}
+                    "app_parts": list(APP_PARTS), "slot_path": SLOT_PATH}
         copies = [(flash, "/"), (stage, STAGE + "/hal_sim")]
         boot = run_board(boot_cfg, copies)
         loaded = [name.split(".", 1)[1] for name in boot["modules_loaded"] if "." in name]
         order = import_order(sorted(loaded))
         mod_cfg = {"mode": "modules", "stage": STAGE, "order": ["firmware." + m for m in order],
-                   "roots": list(ROOT_MODULES)}
+                   "roots": list(ROOT_MODULES), "slot_path": SLOT_PATH}
         modules = run_board(mod_cfg, copies)
         bare = run_board(None, [])["bare"]
     firmware = boot["booted"] - boot["simulator"]

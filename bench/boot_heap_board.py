@@ -6,8 +6,9 @@
 # CONFIG["mode"]:
 #   "boot"     the virtual board's boot: hal_sim.vboard_main.install() as
 #              host/vboard_node.mjs runs it (ESP32 HAL on hal_sim.machine_sim,
-#              simulated table), then boot.py and main.py from the flash as the
-#              board runs them. main.py is unchanged; firmware.app.run is
+#              simulated table), then boot.py and main.py (the boot loader:
+#              it checks the slot and runs firmware.start) from the flash as the
+#              board runs them. Both are unchanged; firmware.app.run is
 #              wrapped so that it returns after CONFIG["ticks"] control ticks
 #              and the App stays referenced. Then the App's parts are let go
 #              one by one (what each holds alone).
@@ -104,7 +105,10 @@ async def boot():
     # Wrap firmware.app.run: build the App as run() does, keep it, run the
     # board's own loop for a few ticks, return. Importing firmware.app here
     # instead of in main.py changes nothing but the order.
+    sys.path.insert(0, CONFIG["slot_path"])  # as the loader (main.py) does
     import firmware.app as app_module
+
+    sys.path.pop(0)
 
     real_run = app_module.run
     ticks = CONFIG["ticks"]
@@ -164,6 +168,7 @@ async def modules():
 
     sys.path.pop(0)
     sys.modules["machine"] = machine_sim
+    sys.path.insert(0, CONFIG["slot_path"])  # the firmware slot, as the loader puts it
     out = {"bare": await settled()}
     qstr_point("bare")
     steps = []

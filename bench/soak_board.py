@@ -6,13 +6,15 @@
 # This interpreter holds only what the board would hold, plus the simulated
 # `machine` module: hal_sim.machine_sim with an MPU-6050 register model on its
 # I2C bus (as hal_sim/vboard_main.py wires them), the flash as deploy lays it
-# out (main.py, boot.py, board.py, validate.py, chips.py, firmware/*.mpy),
+# out (main.py, the boot loader, and boot.py; the slot fw/a with board.py,
+# validate.py, chips.py, firmware/*.mpy and its manifest; fw/active),
 # and this glue. The table, the rider and the host live in another
 # interpreter (bench/soak_world.py, in a worker thread); each control tick
 # the runner hands their outputs over (IMU sample, switch levels, a host
 # request) and takes the drive back.
 #
-# Boot is the board's: boot.py, then main.py (unchanged) build the ESP32 HAL
+# Boot is the board's: boot.py, then main.py (unchanged: it checks the slot
+# and runs firmware.start) build the ESP32 HAL
 # (firmware.esp32_hal on machine_sim) and the App. firmware.app.run is
 # wrapped: it swaps the HAL's serial link for this glue's (the host end is
 # here: requests in, replies and telemetry counted and dropped) and returns
@@ -237,9 +239,15 @@ class _Run:
     real = None  # its run()
 
 
+_PATH = list(sys.path)  # what a reset gives back (the loader puts the slot first)
+
+
 def _install_run():
-    """Import firmware.app (main.py imports it too) and wrap its run()."""
+    """Import firmware.app (firmware.start imports it too) and wrap its run()."""
+    sys.path.insert(0, CONFIG.get("slot_path", "/fw/a"))  # as the loader (main.py) does
     import firmware.app as module
+
+    sys.path[:] = _PATH
 
     _Run.module = module
     _Run.real = module.run
@@ -251,7 +259,7 @@ def _real_run(hal, board, app, time_module, ticks):
 
 
 def _boot_run(hal, board, app=None, reset_fault=None, time_module=None, ticks=None):
-    """firmware.app.run as main.py calls it: the App is built as run() builds
+    """firmware.app.run as firmware.start calls it: the App is built as run() builds
     it, on this glue's link, and kept; run() then lets go of what only boot
     needed (ticks=0) and returns, instead of looping."""
     hal.link = LINK
@@ -268,10 +276,11 @@ def _boot(reset_cause):
     _wire(reset_cause)
     LINK.req = None
     Board.boots += 1
+    sys.path[:] = _PATH
     _run_file("boot.py")
     _run_file("main.py")
     if Board.app is None:
-        raise RuntimeError("main.py did not start the App (see its boot_error line)")
+        raise RuntimeError("main.py did not start the App (see its boot_error lines)")
 
 
 class Heap:

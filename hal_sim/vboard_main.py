@@ -519,6 +519,7 @@ class _Board:
         self.table = table
         self.keep_modules = None
         self.keep_main = None
+        self.keep_path = None
         self.boots = 0
 
     def snapshot(self, main_globals):
@@ -527,6 +528,7 @@ class _Board:
         _Main.globals = main_globals
         self.keep_modules = set(sys.modules)
         self.keep_main = set(main_globals)
+        self.keep_path = list(sys.path)  # the loader puts the firmware slot first
 
     def take_reset_cause(self):
         cause = _Resets.pending
@@ -543,6 +545,7 @@ class _Board:
         for name in list(main):
             if name not in self.keep_main:
                 del main[name]
+        sys.path[:] = self.keep_path
         _Interrupts.kbd_char = 3
         vboard_host.set_kbd_intr(3)
         self.table.wire(cause)

@@ -172,26 +172,34 @@ def sim_board(board, seed, start_angle_deg, world_data, no_imu, state_dir):
 @click.option("--pin", envvar="INVTABLE_PIN", metavar="PIN",
               help="Admin PIN: opens a locked console for this deploy (`invtable "
               "maintenance`) [env INVTABLE_PIN].")
-def deploy(port, board, force_unverified, no_reset, pin):
-    """Compile the firmware and copy what changed to the board (mpremote).
+@click.option("--check", is_flag=True, help="Compare the board's firmware with what would "
+              "be deployed and write nothing: exit 0 when equal, 7 when different (listed).")
+@click.option("--firmware-dir", type=click.Path(file_okay=False, exists=True), hidden=True,
+              help="Deploy the firmware sources of this folder (tests).")
+def deploy(port, board, force_unverified, no_reset, pin, check, firmware_dir):
+    """Compile the firmware and put it on the board atomically (mpremote).
 
     Checks the board's MicroPython version against mpy-cross (1.27) and its
-    chip against the board file's, compiles firmware/*.py to .mpy, copies
-    only files whose sha256 differs (aside first, then all put in place at
-    once), resets the board and checks that the firmware answers. Refuses
-    while the table cannot be verified at home. Every step has a time limit
-    (a port with no MicroPython raw REPL fails within seconds); after a failure
-    or Ctrl-C the board is reset into the firmware it has.
+    chip against the board file's, compiles firmware/*.py to .mpy and builds
+    the new firmware in the slot the board does not boot (copying over
+    serial only files it has nowhere else), checks every file there against
+    the slot's manifest, then switches to it at once, keeping the previous
+    firmware as the fallback. Resets the board and checks that the new
+    firmware answers. Refuses while the table cannot be verified at home.
+    Every step has a time limit (a port with no MicroPython raw REPL fails
+    within seconds); after a failure or Ctrl-C the board is reset into the
+    firmware it has, complete (the old one, or the new one once switched).
 
-    Exit status: 0 ok, 2 unknown board, 3 no board (or no MicroPython raw
-    REPL) on the port, 4 wrong MicroPython version or chip, 5 table not
-    verified at home, 6 other failures, 130 interrupted (Ctrl-C).
+    Exit status: 0 ok (--check: the same firmware), 2 unknown board, 3 no
+    board (or no MicroPython raw REPL) on the port, 4 wrong MicroPython
+    version or chip, 5 table not verified at home, 6 other failures,
+    7 --check: the board's firmware differs, 130 interrupted (Ctrl-C).
     """
     from rich.console import Console
     from rich.markup import escape
     from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
 
-    from invtable.host.deploy import DeployError, DeployInterrupted
+    from invtable.host.deploy import EXIT_DIFFERENT, DeployError, DeployInterrupted
     from invtable.host.deploy import deploy as run_deploy
 
     console = Console(stderr=True)
@@ -206,7 +214,7 @@ def deploy(port, board, force_unverified, no_reset, pin):
         ) as progress:
             result = run_deploy(
                 port, board, force_unverified=force_unverified, progress=progress,
-                reset=not no_reset, pin=pin,
+                reset=not no_reset, pin=pin, check=check, firmware_dir=firmware_dir,
             )
     except DeployError as error:
         # One line however wide the terminal (soft_wrap): scripts grep it.
@@ -214,9 +222,20 @@ def deploy(port, board, force_unverified, no_reset, pin):
         console.print(f"[red]{head}[/red] {escape(str(error))}", highlight=False,
                       soft_wrap=True)
         sys.exit(error.exit_code)
+    firmware = f"firmware {result.firmware}, manifest {result.manifest_sha256[:12]}"
+    if check:
+        if not result.differences:
+            click.echo(f"{result.port} has this firmware ({board}, {firmware}) in "
+                       f"/fw/{result.slot}")
+            return
+        click.echo(f"{result.port} differs from what would be deployed ({board}, {firmware}):")
+        for line in result.differences:
+            click.echo(f"  {line}")
+        sys.exit(EXIT_DIFFERENT)
     click.echo(
         f"deployed {board} to {result.port} (MicroPython {result.micropython}, "
         f"{result.arch or 'bytecode'}): {len(result.copied)} copied "
         f"({result.bytes_copied} bytes), {len(result.unchanged)} unchanged, "
-        f"{len(result.removed)} removed, {result.seconds:.1f} s"
+        f"{len(result.removed)} removed, {result.seconds:.1f} s; "
+        f"{firmware} in /fw/{result.slot}"
     )

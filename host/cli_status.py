@@ -156,6 +156,18 @@ def micropython_text(info_data):
         else str(version)
 
 
+def firmware_slot_text(slot):
+    """Which slot the boot loader checked and started, and its manifest's hash."""
+    if not slot:
+        return "none: not started by the boot loader (the simulated board)"
+    text = escape(f"/fw/{slot.get('slot')}, manifest sha256 {slot.get('manifest_sha256')}")
+    if slot.get("fallback_code"):
+        text += (f" [red](the fallback: /fw/{escape(str(slot.get('fallback_from')))} "
+                 f"was not run, {escape(str(slot['fallback_code']))}; `invtable deploy` "
+                 "repairs it)[/]")
+    return text
+
+
 @click.command()
 @board_command
 def info(opts):
@@ -164,8 +176,10 @@ def info(opts):
     if opts["as_json"]:
         return emit_json(data)
     caps = data.get("caps") or {}
+    slot = data.get("slot") or {}
     rows = [
         ("firmware", str(data.get("firmware", "?"))),
+        ("firmware slot", firmware_slot_text(slot)),
         ("protocol", str(data.get("protocol", "?"))),
         ("board", str(data.get("board", "?"))),
         ("chip", str(data.get("chip", "?"))),

@@ -114,6 +114,24 @@ CODES = {
     "imu_not_found": (
         "at boot the IMU (MPU-6050) did not answer; the table is brought home blind",
         "check the IMU's wiring and power, then power-cycle the board"),
+    # -- the boot loader's checks (firmware/main.py): a boot_error line at start-up; in
+    # status `boot_errors` when the board then booted its other, complete firmware
+    "firmware_corrupt": (
+        "at start-up a file of the active firmware did not match its manifest (damaged "
+        "flash or a write cut short), so it was not run; the board sounded the alarm and "
+        "booted its previous complete firmware, or, with none, waits at its REPL with the "
+        "drive off and the alarm on",
+        "run `invtable deploy`, which rebuilds the damaged firmware"),
+    "firmware_incomplete": (
+        "at start-up the active firmware was not complete (a file or its manifest missing, "
+        "an update that did not finish), so it was not run; the board sounded the alarm and "
+        "booted its other complete firmware, or, with none, waits at its REPL with the "
+        "drive off and the alarm on",
+        "run `invtable deploy` again"),
+    "firmware_missing": (
+        "the board has no firmware (nothing deployed yet, or the first deploy did not "
+        "finish); the drive is off, the alarm on, the board waits at its REPL",
+        "with the table upright and nobody on it, run `invtable deploy --force-unverified`"),
 }
 
 # What the board's settings and log status (status `settings_status`,

@@ -14,35 +14,43 @@ constants, and one that runs out fails the deploy instead of hanging):
    raw REPL is asked for: a port that gives none within ``REPL_TIMEOUT_S``
    (``invtable sim serve``, firmware that does not give way to Ctrl-C
    because it is not at HOME) fails here, before anything is written.
-3. Compile ``firmware/*.py`` with mpy-cross: ``-march`` from the board's
-   ``_mpy`` arch bits (``xtensawin`` on an ESP32, ``xtensawin``/S3 too), none
-   on a port without native code (the WebAssembly virtual board): plain
-   bytecode .mpy files load on any port of the same .mpy version.
-4. Hash what is on the board now (sha256, computed on the board) against
-   what would be deployed; copy only what differs (``mpremote fs cp``), into
-   ``/invtable_new/`` beside the firmware that runs, with the new manifest
-   ``/invtable_manifest.json`` (sha256 per deployed file). Then one script
-   (``_COMMIT_SCRIPT``) puts them all in place, removes files a previous
-   deploy left that are no longer shipped, and the staging folder. The raw
-   REPL runs a script only once it has all of it, so the host stopping at
-   any moment (Ctrl-C, a kill) leaves either the old firmware complete or
-   the new one (a power cut in the middle of that script can still mix them).
-5. Hard-reset the board (``mpremote reset``) so main.py starts the new
+3. Build the new firmware slot locally: ``firmware/*.py`` (but the loader,
+   main.py and boot.py) compiled with mpy-cross (``-march`` from the
+   board's ``_mpy`` arch bits: ``xtensawin`` on an ESP32 and an S3, none on
+   a port without native code such as the WebAssembly virtual board: plain
+   bytecode .mpy files load on any port of the same .mpy version), the board
+   file and its validator, and the slot's manifest (sha256 and size of every
+   file, the firmware version, the board name; see host/deploy_slots.py).
+4. Hash what is on the board (sha256, computed on the board: both slots,
+   the pointer, the loader, the old layout) and plan
+   (``deploy_slots.plan_update``): the slot to build is never the one the
+   board boots; a slot that already holds exactly this firmware is only
+   switched to. ``--check`` stops here (``DeployResult.differences``).
+5. One mpremote run (the raw REPL runs each script only once it has all of
+   it): the target slot loses its manifest first, files it already has stay,
+   files the board has elsewhere with the same sha256 are copied on the
+   board, the rest over serial (``mpremote fs cp``), the manifest last. Then
+   one script checks every file of the slot against the manifest on the
+   board and only then switches ``/fw/active`` (a temp file renamed: atomic
+   on LittleFS), puts the loader in place (each file sent as ``*.new``,
+   checked, renamed) and removes the old layout. So at every moment, a kill
+   or a power cut included, the board boots a complete firmware, the old or
+   the new one: before the switch the pointer names the old slot (whose
+   files were not touched), after it the new one, complete. The old
+   layout's main.py keeps booting the old firmware until the pointer and
+   the loader are in place. A fresh board gets the loader first, so that
+   when stopped half-way it reports at start-up that it has no firmware.
+6. Hard-reset the board (``mpremote reset``) so the loader starts the new
    firmware, watch the serial line for a ``boot_error`` event, then check
-   the firmware answers ``status``.
+   the firmware answers ``status`` and that its ``info`` names the manifest
+   just deployed (not a fallback).
 
 Querying the board stops its firmware (mpremote's Ctrl-C). After a failure
 or Ctrl-C from there on, the board is reset (``mpremote reset``) so the
 firmware it has runs again; if even that fails, the message says what to run.
 
-Layout on the board (what firmware/main.py expects)::
-
-    /boot.py /main.py            firmware/boot.py, firmware/main.py (source)
-    /board.py                    boards/<NAME>.py
-    /chips.py /validate.py       boards/chips.py, boards/validate.py (flat)
-    /firmware/__init__.mpy ...   the firmware package, compiled
-    /invtable_manifest.json      what invtable deployed, with sha256
-    /invtable_new/...            only while a deploy copies (staging)
+Layout on the board: see host/deploy_slots.py; the loader's checks at
+start-up: firmware/main.py.
 """
 
 from __future__ import annotations
@@ -62,14 +70,12 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from invtable.host import deploy_slots as slots
 from invtable.host.boards import board_names, load_board
 
 ROOT = Path(__file__).resolve().parent.parent
 FIRMWARE_DIR = ROOT / "firmware"
 BOARDS_DIR = ROOT / "boards"
-MANIFEST_PATH = "/invtable_manifest.json"
-STAGING_DIR = "/invtable_new"  # the new files, until they are all there
-ROOT_SOURCES = ("boot.py", "main.py")  # stay source: the port runs them by name
 
 # Time limits of the steps, seconds. Measured on the virtual board: the
 # first contact 0.2 s, the hash query 0.2 s, a reset 0.1 s, the firmware's
@@ -108,6 +114,7 @@ EXIT_NO_BOARD = 3  # port missing / nothing answers / no MicroPython raw REPL
 EXIT_VERSION = 4  # MicroPython version, .mpy ABI or chip mismatch
 EXIT_NOT_HOME = 5  # the table is not (verifiably) at home
 EXIT_FAILED = 6  # copy, compile, reset or verification failed
+EXIT_DIFFERENT = 7  # --check: the board's firmware is not what would be deployed
 EXIT_INTERRUPTED = 130  # Ctrl-C
 
 
@@ -146,9 +153,14 @@ class DeployResult:
     micropython: str = ""
     arch: str | None = None
     chip: str = ""
-    copied: list[str] = field(default_factory=list)
+    slot: str = ""  # the slot the board boots now (fw/a or fw/b)
+    firmware: str = ""  # the firmware version deployed (protocol.py's FIRMWARE_VERSION)
+    manifest_sha256: str = ""  # of the slot's manifest.json: names this firmware exactly
+    copied: list[str] = field(default_factory=list)  # sent over serial
+    copied_on_board: list[str] = field(default_factory=list)  # unchanged, copied on the board
     removed: list[str] = field(default_factory=list)
     unchanged: list[str] = field(default_factory=list)
+    differences: list[str] = field(default_factory=list)  # --check: what differs
     seconds: float = 0.0
     bytes_copied: int = 0
 
@@ -245,18 +257,13 @@ def board_source(board: str) -> Path:
     return BOARDS_DIR / f"{board}.py"
 
 
-def deploy_plan(board: str) -> list[tuple[str, Path, bool]]:
-    """(remote path, local source, compile?) for every deployed file."""
-    plan: list[tuple[str, Path, bool]] = [
-        ("/board.py", board_source(board), False),
-        ("/chips.py", BOARDS_DIR / "chips.py", False),
-        ("/validate.py", BOARDS_DIR / "validate.py", False),
-    ]
-    for name in ROOT_SOURCES:
-        plan.append(("/" + name, FIRMWARE_DIR / name, False))
-    for src in sorted(FIRMWARE_DIR.glob("*.py")):
-        if src.name not in ROOT_SOURCES:
-            plan.append((f"/firmware/{src.stem}.mpy", src, True))
+def deploy_plan(board: str, firmware_dir: Path = FIRMWARE_DIR) -> list[tuple[str, Path, bool]]:
+    """(name, local source, compile?) for every deployed file: the slot's
+    files by their name in the slot (``board.py``, ``firmware/app.mpy``), the
+    loader by its path at the root (``/main.py``, ``/boot.py``)."""
+    plan = [(name, src, name.endswith(".mpy"))
+            for name, src in slots.slot_sources(board_source(board), BOARDS_DIR, firmware_dir)]
+    plan += [(path, firmware_dir / path.lstrip("/"), False) for path in slots.LOADER]
     return plan
 
 
@@ -282,31 +289,30 @@ def mpy_cross_version() -> tuple[tuple[int, int, int], int]:
     return (int(m[1]), int(m[2]), int(m[3])), int(m[4])
 
 
-def compile_files(
-    plan: list[tuple[str, Path, bool]], arch: str | None, out_dir: Path
-) -> dict[str, Path]:
-    """remote path -> local file with the exact bytes to deploy."""
-    exe = mpy_cross_binary()
-    built: dict[str, Path] = {}
-    for remote, src, compile_it in plan:
-        if not compile_it:
-            built[remote] = src
-            continue
-        dest = out_dir / remote.lstrip("/")
-        dest.parent.mkdir(parents=True, exist_ok=True)
-        cmd = [exe, "-o", str(dest), "-s", f"firmware/{src.name}"]
-        if arch:
-            cmd.append(f"-march={arch}")
-        cmd.append(str(src))
-        proc = subprocess.run(cmd, capture_output=True, text=True, check=False)
-        if proc.returncode != 0:
-            raise DeployError(f"mpy-cross failed on {src.name}:\n{proc.stderr.strip()}")
-        built[remote] = dest
-    return built
+def compile_mpy(src: Path, dest: Path, arch: str | None) -> None:
+    """One firmware module to .mpy, named ``firmware/NAME.py`` in tracebacks."""
+    cmd = [mpy_cross_binary(), "-o", str(dest), "-s", f"firmware/{src.name}"]
+    if arch:
+        cmd.append(f"-march={arch}")
+    cmd.append(str(src))
+    proc = subprocess.run(cmd, capture_output=True, text=True, check=False)
+    if proc.returncode != 0:
+        raise DeployError(f"mpy-cross failed on {src.name}:\n{proc.stderr.strip()}")
 
 
-def sha256_file(path: Path) -> str:
-    return hashlib.sha256(path.read_bytes()).hexdigest()
+def build_firmware(
+    plan: list[tuple[str, Path, bool]], board: str, arch: str | None, out_dir: Path,
+    firmware_dir: Path = FIRMWARE_DIR,
+) -> tuple[dict[str, Path], bytes]:
+    """The slot built in ``out_dir``/slot: {name: local file with the exact
+    bytes to deploy} (the loader files too) and the slot's manifest."""
+    folder = out_dir / "slot"
+    slot_files = [(name, src) for name, src, _ in plan if not name.startswith("/")]
+    slots.build_slot(slot_files, folder, lambda src, dest: compile_mpy(src, dest, arch))
+    manifest = slots.slot_manifest(folder, board, slots.firmware_version(firmware_dir))
+    built = {name: folder / name for name, _ in slot_files}
+    built.update({name: src for name, src, _ in plan if name.startswith("/")})
+    return built, manifest
 
 
 # --- talking to the board ------------------------------------------------------------
@@ -420,77 +426,14 @@ print(%r + json.dumps({"version": list(_i.version[:3]), "mpy": getattr(_i, "_mpy
     "machine": getattr(_i, "_machine", ""), "uname": _u, "platform": sys.platform}))
 """
 
-_HASH_SCRIPT = """\
-import json, hashlib, binascii
-def _h(p):
-    try:
-        f = open(p, "rb")
-    except OSError:
-        return None
-    h = hashlib.sha256()
-    while True:
-        b = f.read(512)
-        if not b:
-            break
-        h.update(b)
-    f.close()
-    return binascii.hexlify(h.digest()).decode()
-try:
-    with open(%(manifest)r) as f:
-        _m = json.load(f).get("files", {})
-except Exception:
-    _m = {}
-_paths = set(_m) | set(%(paths)r)
-print(%(mark)r + json.dumps({"manifest": list(_m), "hashes": {p: _h(p) for p in _paths}}))
-"""
-
-# Empties the staging folder (what an interrupted deploy left there), then
-# makes it and its subfolders.
-_STAGE_SCRIPT = """\
-import os
-def _rm(p):
-    try:
-        if os.stat(p)[0] & 0x4000:
-            for n in os.listdir(p):
-                _rm(p + "/" + n)
-            os.rmdir(p)
-        else:
-            os.remove(p)
-    except OSError:
-        pass
-_rm(%(staging)r)
-for d in %(dirs)r:
-    os.mkdir(d)
-"""
-
-# Puts the staged files in place (a rename replaces a file at once on
-# LittleFS), removes what is no longer shipped, the manifest last.
-_COMMIT_SCRIPT = """\
-import os
-for d in %(dirs)r:
-    try:
-        os.mkdir(d)
-    except OSError:
-        pass
-for a, b in %(moves)r:
-    os.rename(a, b)
-for p in %(stale)r:
-    try:
-        os.remove(p)
-    except OSError:
-        pass
-for d in %(staging_dirs)r:
-    os.rmdir(d)
-print(%(mark)r)
-"""
-_COMMITTED_MARK = "INVTABLE_COMMITTED"
+_DONE_MARK = "INVTABLE_DONE "  # a board script's last line (and its JSON answer)
 
 
-def _parse_info(stdout: str) -> dict:
+def _parse_info(stdout: str, mark: str = _INFO_MARK, what: str = "the version query"):
     for line in stdout.splitlines():
-        if line.startswith(_INFO_MARK):
-            return json.loads(line[len(_INFO_MARK) :])
-    raise DeployError(f"the board gave no answer to the version query:\n{stdout}")
+        if line.startswith(mark):
+            return json.loads(line[len(mark) :])
+    raise DeployError(f"the board gave no answer to {what}:\n{stdout}")
 
 
 def query_board(port: str | None, status: dict | None = None) -> dict:
@@ -575,11 +518,17 @@ def _console_locked(port: str | None) -> bool:
         return False
 
 
-def query_hashes(port: str | None, paths: list[str]) -> dict:
-    script = _HASH_SCRIPT % {"manifest": MANIFEST_PATH, "paths": sorted(paths), "mark": _INFO_MARK}
+def query_state(port: str | None) -> slots.BoardState:
+    """What the board holds: its slots (hashed on the board), pointer,
+    loader and old-layout files."""
+    script = slots.STATE_SCRIPT % {
+        "pointer": slots.POINTER, "slots": slots.SLOTS, "fw": slots.FW_DIR,
+        "manifest": slots.MANIFEST, "root_files": slots.ROOT_FILES,
+        "root_dirs": slots.ROOT_DIRS, "mark": _INFO_MARK,
+    }
     proc = mpremote(port, "resume", "exec", script, timeout_s=QUERY_TIMEOUT_S,
                     what="hashing the files on the board")
-    return _parse_info(proc.stdout)
+    return slots.BoardState.from_answer(_parse_info(proc.stdout, what="the hash query"))
 
 
 def check_version(info: dict, target: tuple[int, int, int], mpy_version: int) -> str | None:
@@ -719,8 +668,11 @@ class _Touched:
 
     repl: bool = False  # the raw REPL was asked for: the firmware may have stopped
     stopped: bool = False  # the raw REPL answered: the firmware is stopped
-    committing: bool = False  # the script that puts the new files in place was sent
-    committed: bool = False  # it ran: the new firmware is in place
+    slot: str = ""  # the slot being built (the board does not boot it meanwhile)
+    building: bool = False  # the script that prepares that slot was sent
+    loader_first: bool = False  # a fresh board: the loader goes on it first
+    committing: bool = False  # the manifest was sent: the check and switch follow
+    committed: bool = False  # the switch ran: the new firmware is in place
     restarted: bool = False  # the final reset was done
 
 
@@ -732,19 +684,26 @@ def deploy(
     progress=None,
     reset: bool = True,
     pin: str | None = None,
+    check: bool = False,
+    firmware_dir: str | os.PathLike[str] | None = None,
 ) -> DeployResult:
     """Deploy the firmware; see the module docstring. `progress` is a
     rich.progress.Progress (or None for no display). A failure or Ctrl-C
     (DeployInterrupted) after the firmware was stopped resets the board
     first, unless ``reset`` is False; the message says what was done.
     ``pin``: the admin PIN, to open a locked console for this deploy
-    (maintenance.unlock, until the board restarts)."""
-    plan = deploy_plan(board)  # unknown board name: error before anything else
+    (maintenance.unlock, until the board restarts). ``check``: compare
+    only, write nothing (``result.differences``; empty: the board has
+    exactly this firmware). ``firmware_dir``: deploy the firmware sources of
+    another folder (tests: a changed version)."""
+    fw_dir = FIRMWARE_DIR if firmware_dir is None else Path(firmware_dir)
+    plan = deploy_plan(board, fw_dir)  # unknown board name: error before anything else
     check_port(port)
     steps = _Steps(progress, total=len(plan) + 7)
     touched = _Touched()
     try:
-        return _deploy(port, board, plan, force_unverified, reset, steps, touched, pin)
+        return _deploy(port, board, plan, force_unverified, reset, steps, touched, pin,
+                       check, fw_dir)
     except KeyboardInterrupt:
         during = steps.current
         after = _recover(port, touched, steps, reset)
@@ -756,7 +715,8 @@ def deploy(
         raise
 
 
-def _deploy(port, board, plan, force_unverified, reset, steps, touched, pin) -> DeployResult:
+def _deploy(port, board, plan, force_unverified, reset, steps, touched, pin, check,
+            fw_dir) -> DeployResult:
     started = time.monotonic()
     result = DeployResult(port=port or "auto", board=board)
     steps.begin(f"checking that the table is at home ({port or 'the board'})")
@@ -782,56 +742,75 @@ def _deploy(port, board, plan, force_unverified, reset, steps, touched, pin) -> 
     steps.note(f"the board: MicroPython {result.micropython} on an {chip_title(result.chip)}")
     steps.begin(f"compiling {sum(1 for p in plan if p[2])} files for {arch or 'bytecode only'}")
     with tempfile.TemporaryDirectory(prefix="invtable-deploy-") as tmp:
-        built = compile_files(plan, arch, Path(tmp))
-        local = {remote: sha256_file(path) for remote, path in built.items()}
+        built, manifest = build_firmware(plan, board, arch, Path(tmp), fw_dir)
+        entries = {name: slots.file_entry(path.read_bytes()) for name, path in built.items()}
+        wanted = {name: e for name, e in entries.items() if not name.startswith("/")}
+        loader = {name: e for name, e in entries.items() if name.startswith("/")}
+        result.firmware = slots.firmware_version(fw_dir)
+        result.manifest_sha256 = hashlib.sha256(manifest).hexdigest()
         steps.begin("comparing with the files on the board")
-        board_state = query_hashes(port, list(local))
-        on_board = board_state["hashes"]
-        changed = [r for r in local if on_board.get(r) != local[r]]
-        stale = [r for r in board_state["manifest"] if r not in local and on_board.get(r)]
-        result.unchanged = [r for r in local if r not in changed]
-        steps.note(f"{len(changed)} to copy, {len(result.unchanged)} unchanged, "
-                   f"{len(stale)} to remove")
-        steps.advance(len(result.unchanged))
-        manifest_path = Path(tmp) / "invtable_manifest.json"
-        manifest = {"version": 1, "board": board, "files": local}
-        manifest_path.write_text(json.dumps(manifest, sort_keys=True))
-        if changed or stale:
-            _copy(port, built, changed, stale, manifest_path, steps, touched)
+        state = query_state(port)
+        todo = slots.plan_update(state, wanted, manifest, loader)
+        result.slot = todo.slot
+        result.differences = todo.differences
+        result.copied = todo.serial + todo.loader
+        result.copied_on_board = [dst[len(slots.slot_dir(todo.slot)) + 1:]
+                                  for _, dst in todo.board_copies]
+        result.unchanged = [n for n in entries if n not in result.copied]
+        result.removed = todo.remove + todo.cleanup
+        result.bytes_copied = sum(built[n].stat().st_size for n in result.copied)
+        if check:
+            steps.note(f"{len(todo.differences)} differences" if todo.differences
+                       else "the board has exactly this firmware")
+            steps.advance(len(plan))
+        elif todo.nothing_to_do:
+            steps.note(f"0 to copy, {len(result.unchanged)} unchanged: "
+                       f"the board has this firmware in {slots.slot_dir(todo.slot)}")
+            steps.advance(len(plan) + 1)
         else:
-            steps.advance(1)
-        result.copied = changed
-        result.removed = stale
-        result.bytes_copied = sum(built[r].stat().st_size for r in changed)
+            steps.note(f"{len(result.copied)} to copy, {len(result.unchanged)} unchanged "
+                       f"({len(todo.board_copies)} copied on the board), "
+                       f"{len(result.removed)} to remove; into {slots.slot_dir(todo.slot)}")
+            steps.advance(len(result.unchanged))
+            _apply(port, todo, built, manifest, steps, touched)
     if reset:
         # Always reset, changed or not: querying the board stopped the firmware
         # (mpremote's Ctrl-C) and only a reset starts main.py again.
         steps.begin("resetting the board")
         mpremote(port, "resume", "reset", timeout_s=RESET_TIMEOUT_S, what="resetting the board")
         touched.restarted = True
-        if port is not None:
+        if port is not None and not check:
             errors = _boot_errors(_watch_boot(port, BOOT_WATCH_S))
             if errors:
                 raise DeployError(
                     "the firmware reported a start-up error after the reset: "
                     + "; ".join(f"{e.get('code', '?')}: {e.get('message', '')}" for e in errors)
                 )
-        steps.begin(f"waiting for the firmware to answer `status` (up to {VERIFY_TIMEOUT_S:g} s)")
-        verify_running(port)
-    else:
+        if not check:
+            steps.begin(f"waiting for the firmware to answer `status` (up to "
+                        f"{VERIFY_TIMEOUT_S:g} s)")
+            verify_running(port, result.manifest_sha256)
+    elif not check:
         steps.begin("checking the firmware imports (no reset)")
-        verify(port)
+        verify(port, todo.slot)
     result.seconds = time.monotonic() - started
     return result
 
 
 def _recover(port, touched: _Touched, steps: _Steps, reset: bool) -> str:
     """After a failure or Ctrl-C: reset the board so its firmware runs again
-    (the old one, or the new one if it was put in place). What was done."""
+    (the old one, or the new one if it was switched to). What was done."""
+    new_slot = slots.slot_dir(touched.slot) if touched.slot else "the other slot"
     if touched.committed:
         files = "the new firmware is in place"
     elif touched.committing:
-        files = "the new files were being put in place (all of them or none)"
+        files = (f"the new firmware in {new_slot} was being checked and switched to (the "
+                 "board boots the firmware it had or the new one, each complete)")
+    elif touched.building:
+        files = (f"the firmware the board boots was not changed (the new one was being built "
+                 f"in {new_slot}, which it does not boot)")
+        if touched.loader_first:
+            files += "; it had none: it now says so at start-up"
     elif touched.repl:
         files = "nothing on the board was changed"
     else:
@@ -854,55 +833,100 @@ def _recover(port, touched: _Touched, steps: _Steps, reset: bool) -> str:
     return f"{files}; the board was reset into {which}"
 
 
-def _copy(port, built, changed, stale, manifest_path, steps, touched) -> None:
-    """Copy `changed` into the staging folder, then put everything in place."""
-    staged = {r: STAGING_DIR + r for r in changed}
-    manifest_staged = STAGING_DIR + MANIFEST_PATH
-    staging_dirs = sorted(
-        {STAGING_DIR} | {p.rsplit("/", 1)[0] for p in staged.values()}, key=len
-    )
-    dirs = sorted({r.rsplit("/", 1)[0] for r in changed if r.count("/") > 1})
-    moves = [(staged[r], r) for r in changed] + [(manifest_staged, MANIFEST_PATH)]
-    args = ["resume", "exec", _STAGE_SCRIPT % {"staging": STAGING_DIR, "dirs": staging_dirs}]
-    for remote in changed:
-        args += ["+", "fs", "cp", str(built[remote]), ":" + staged[remote]]
-    args += ["+", "fs", "cp", str(manifest_path), ":" + manifest_staged]
-    args += ["+", "exec", _COMMIT_SCRIPT % {
-        "dirs": dirs, "moves": moves, "stale": stale,
-        "staging_dirs": staging_dirs[::-1], "mark": _COMMITTED_MARK,
-    }]
-    by_target = {":" + staged[r]: r for r in changed}
-    current: list[str] = []  # the file being copied
+def _apply(port, todo: slots.Plan, built, manifest: bytes, steps, touched) -> None:
+    """One mpremote run: prepare the slot, copy, check and switch (see the
+    module docstring). Raises unless the switch script ran and found the
+    slot complete."""
+    folder = slots.slot_dir(todo.slot)
+    touched.slot = todo.slot
+    touched.loader_first = todo.loader_first
+    with tempfile.TemporaryDirectory(prefix="invtable-manifest-") as tmp:
+        manifest_path = Path(tmp) / slots.MANIFEST
+        manifest_path.write_bytes(manifest)
+        moves = [(p + ".new", p, slots.file_entry(built[p].read_bytes())) for p in todo.loader]
+        commands: list[list[str]] = []
+        if todo.build:
+            dirs = sorted({slots.FW_DIR, folder} | {
+                f"{folder}/{name.rsplit('/', 1)[0]}" for name in built
+                if "/" in name and not name.startswith("/")}, key=len)
+            commands.append(["exec", slots.PREP_SCRIPT % {
+                "target": folder, "manifest": slots.MANIFEST, "remove": todo.remove,
+                "dirs": dirs, "copies": todo.board_copies, "mark": _DONE_MARK}])
+        for path in todo.loader:
+            commands.append(["fs", "cp", str(built[path]), f":{path}.new"])
+        if todo.loader_first:
+            commands.append(["exec", slots.LOADER_SCRIPT % {"moves": moves, "mark": _DONE_MARK}])
+        for name in todo.serial:
+            commands.append(["fs", "cp", str(built[name]), f":{folder}/{name}"])
+        if todo.build:
+            commands.append(["fs", "cp", str(manifest_path), f":{folder}/{slots.MANIFEST}"])
+        commands.append(["exec", slots.COMMIT_SCRIPT % {
+            "slot_dir": folder, "manifest": slots.MANIFEST,
+            "manifest_entry": slots.file_entry(manifest), "switch": todo.switch,
+            "pointer": slots.POINTER, "slot": todo.slot,
+            "moves": [] if todo.loader_first else moves, "cleanup": todo.cleanup,
+            "mark": _DONE_MARK}])
+        args = ["resume"]
+        for command in commands:
+            args += [*command, "+"]
+        args.pop()
+        _run_apply(port, args, todo, built, manifest_path, steps, touched)
 
-    def next_file(remote: str | None, doing: str):
+
+def _run_apply(port, args, todo: slots.Plan, built, manifest_path: Path, steps, touched):
+    folder = slots.slot_dir(todo.slot)
+    by_target = {f":{folder}/{name}": name for name in todo.serial}
+    by_target.update({f":{path}.new": path for path in todo.loader})
+    current: list[str] = []  # the file being copied
+    answers: list = []  # what each board script printed after its mark
+
+    def next_file(name: str | None, doing: str):
         steps.current = doing
         if current:
             done = current.pop()
             steps.note(f"copied {done} ({built[done].stat().st_size} bytes)", advance=1)
-        if remote is not None:
-            current.append(remote)
+        if name is not None:
+            current.append(name)
 
     def on_line(line: str):
         text = line.strip()
         m = re.match(r"cp .+ (:\S+)$", text)
         if m and m[1] in by_target:
+            touched.building = True
             next_file(by_target[m[1]], f"copying {by_target[m[1]]}")
-        elif m and m[1] == ":" + manifest_staged:
-            touched.committing = True  # the script follows the manifest at once
-            next_file(None, "putting the new files in place")
-        elif text == _COMMITTED_MARK:
-            touched.committed = True
+        elif m and m[1] == f":{folder}/{slots.MANIFEST}":
+            next_file(None, f"checking {folder} and switching to it")
+            touched.committing = True  # the switch script follows the manifest at once
+        elif text.startswith(_DONE_MARK.strip()):
+            body = text[len(_DONE_MARK.strip()):].strip()
+            answers.append(json.loads(body) if body else None)
 
-    steps.begin(f"copying {len(changed)} files beside the running ones ({STAGING_DIR})", 0)
+    what = (f"building {folder} (copying {len(todo.serial) + len(todo.loader)} files, "
+            f"{len(todo.board_copies)} on the board)" if todo.build
+            else f"switching to {folder}")
+    steps.begin(what, 0)
+    touched.building = todo.build
+    touched.committing = not todo.build  # only the switch script changes what boots
     mpremote(port, *args, timeout_s=FILE_TIMEOUT_S, idle=True, on_line=on_line,
              what="copying to the board")
-    if not touched.committed:
-        raise DeployError("copying to the board ended without putting the files in place")
-    steps.note(f"put {len(changed)} files in place, removed {len(stale)}", advance=1)
+    next_file(None, "switched")
+    bad = answers[-1] if answers else None
+    if not answers or bad is None:
+        raise DeployError("copying to the board ended without checking and switching")
+    if bad:
+        raise DeployError(
+            f"the new firmware in {folder} does not match what was sent ({', '.join(bad)}); "
+            "the board still boots the firmware it had")
+    touched.committed = True
+    steps.note(f"switched to {folder}: {len(todo.serial) + len(todo.loader)} files copied, "
+               f"{len(todo.board_copies)} on the board, {len(todo.remove) + len(todo.cleanup)} "
+               "removed", advance=1)
 
 
-def verify_running(port: str | None) -> dict:
-    """After the reset the new firmware runs and answers the protocol's `status`."""
+def verify_running(port: str | None, manifest_sha256: str | None = None) -> dict:
+    """After the reset the new firmware runs and answers the protocol's
+    `status`; with ``manifest_sha256``, its `info` names that manifest (the
+    board boots the slot just deployed, not a fallback)."""
     from invtable.host.client import Client, ClientError
 
     deadline = time.monotonic() + VERIFY_TIMEOUT_S
@@ -910,7 +934,14 @@ def verify_running(port: str | None) -> dict:
     while time.monotonic() < deadline:
         try:
             with Client(port, timeout=STATUS_TIMEOUT_S) as client:
-                return client.request("status")
+                status = client.request("status")
+                if manifest_sha256 is not None:
+                    running = (client.request("info").get("slot") or {}).get("manifest_sha256")
+                    if running != manifest_sha256:
+                        raise DeployError(
+                            f"the board runs another firmware than the one deployed (manifest "
+                            f"{str(running)[:12]}, deployed {manifest_sha256[:12]})")
+                return status
         except ClientError as error:
             last_error = error
             time.sleep(0.5)
@@ -920,12 +951,15 @@ def verify_running(port: str | None) -> dict:
     )
 
 
-def verify(port: str | None) -> None:
+def verify(port: str | None, slot: str) -> None:
     """Without a reset: the deployed firmware at least imports on the board (REPL)."""
+    folder = slots.slot_dir(slot)
     proc = mpremote(
         port,
         "exec",
-        "import board, firmware.app, firmware.esp32_hal\nprint('INVTABLE_OK', board.BOARD['name'])",
+        f"import sys\nsys.path.insert(0, {folder!r})\n"
+        "import board, firmware.app, firmware.esp32_hal, firmware.start\n"
+        "print('INVTABLE_OK', board.BOARD['name'])",
         timeout_s=QUERY_TIMEOUT_S,
         what="importing the firmware on the board",
     )

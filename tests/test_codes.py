@@ -33,6 +33,7 @@ def firmware_codes():
         r'"(setup_[a-z_]+)"',
         r'_warn\(\s*"([a-z_]+)"',
         r'boot_errors\.append\(\(\s*"([a-z_]+)"',
+        r'"(firmware_(?:corrupt|incomplete|missing))"',  # the boot loader's (main.py)
     )
     found = set()
     for path in FIRMWARE:

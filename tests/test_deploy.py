@@ -7,9 +7,11 @@ import sys
 
 import pytest
 from click.testing import CliRunner
+from firmware_variants import firmware_copy
 
 from invtable.host import deploy as dep
 from invtable.host.cli_board import deploy as deploy_cmd
+from invtable.host.deploy_slots import LOADER
 from invtable.host.vboard import VirtualBoard
 
 pytestmark = pytest.mark.skipif(sys.platform == "win32", reason="needs a POSIX pty")
@@ -37,19 +39,23 @@ def test_full_then_no_change_deploy_and_the_firmware_runs(vboard):
     first = dep.deploy(vboard.port, "esp32_devkitc", force_unverified=True)
     assert first.micropython.startswith("1.27")
     assert first.arch is None  # WebAssembly: plain bytecode .mpy
-    assert "/firmware/app.mpy" in first.copied and "/board.py" in first.copied
-    assert "/main.py" in first.copied and "/firmware/__init__.mpy" in first.copied
+    assert "firmware/app.mpy" in first.copied and "board.py" in first.copied
+    assert "/main.py" in first.copied and "firmware/__init__.mpy" in first.copied
+    assert "firmware/start.mpy" in first.copied and first.slot == "a"
     # The first deploy ended with the new firmware running and answering
     # `status`; it reports HOME, so the second deploy needs no override.
     second = dep.deploy(vboard.port, "esp32_devkitc")
     assert second.copied == [] and second.removed == []
     assert sorted(second.unchanged) == sorted(first.copied)
+    assert second.slot == "a" and second.manifest_sha256 == first.manifest_sha256
     print(f"deploy: full {first.seconds:.1f} s ({first.bytes_copied} bytes), "
           f"no change {second.seconds:.1f} s")
 
     # The deployed firmware's control loop on the simulated hardware: a few
     # ticks at HOME with no session drive nothing.
     script = """
+import sys
+sys.path.insert(0, "/fw/a")
 import board, _vboard
 from firmware import esp32_hal
 from firmware.app import App
@@ -70,14 +76,33 @@ print("TICKS", app.ctl.state, hal.actuator.command, _vboard.drive_permille(), ap
     assert line[2:] == ["0", "0", "0"]
 
 
-def test_changed_file_is_the_only_one_copied(vboard):
+def test_changed_file_is_the_only_one_copied(vboard, tmp_path):
     dep.deploy(vboard.port, "esp32_devkitc", force_unverified=True, reset=False)
-    # board.py changed on the board (the firmware is stopped: --no-reset).
-    dep.mpremote(vboard.port, "resume", "exec", "open('/board.py', 'a').write('# by hand\\n')")
+    # board.py changed on the board (the firmware is stopped: --no-reset): the
+    # slot no longer matches its manifest, and there is no other complete one:
+    # it is repaired in place, with only board.py sent.
+    dep.mpremote(vboard.port, "resume", "exec",
+                 "open('/fw/a/board.py', 'a').write('# by hand\\n')")
     result = dep.deploy(vboard.port, "esp32_devkitc", force_unverified=True, reset=False)
-    assert result.copied == ["/board.py"]
-    listing = dep.mpremote(vboard.port, "resume", "exec", "import os; print(os.listdir('/'))")
-    assert "invtable_new" not in listing.stdout  # the staging folder is gone again
+    assert result.copied == ["board.py"] and result.slot == "a"
+    assert result.copied_on_board == []
+    # A new version: built in the other slot, only protocol.mpy (the version)
+    # sent, the other files copied there on the board.
+    new = firmware_copy(tmp_path / "fw", "0.1.0-test")
+    result = dep.deploy(vboard.port, "esp32_devkitc", force_unverified=True, reset=False,
+                        firmware_dir=new)
+    assert result.copied == ["firmware/protocol.mpy"] and result.slot == "b"
+    assert len(result.copied_on_board) == len(dep.deploy_plan("esp32_devkitc")) - len(
+        LOADER) - 1
+    assert result.firmware == "0.1.0-test"
+    listing = dep.mpremote(vboard.port, "resume", "exec",
+                           "import os; print(os.listdir('/'), os.listdir('/fw'), "
+                           "open('/fw/active').read())")
+    assert "active.new" not in listing.stdout and "main.py.new" not in listing.stdout
+    assert listing.stdout.rstrip().endswith("b")
+    # And back: slot a still holds the firmware of before, complete: only switched.
+    result = dep.deploy(vboard.port, "esp32_devkitc", force_unverified=True, reset=False)
+    assert result.copied == [] and result.copied_on_board == [] and result.slot == "a"
 
 
 def test_the_chip_the_board_reports():
