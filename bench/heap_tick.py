@@ -37,6 +37,15 @@ Method, for each program in ``CASES``:
 4. ``app_sim_bytes_per_tick``: ``App.tick`` plus the simulated HAL and
    physics (float maths) per tick, by state. Not firmware: for comparison.
 
+Requests (``request_bytes``): each request kind of ``REQUESTS`` sent to the
+App at HOME (the simulated table, its serial line in preallocated buffers:
+``hal_sim.devices.FixedLink``, the IMU sampled outside the ticks), three
+times; the most heap bytes the ticks that read it and answer it allocated
+(``gc.mem_alloc()`` deltas around ``App.tick`` with gc disabled; a steady
+tick allocates 0). ``REQUEST_BYTES_BOUND`` is the bound the tests hold
+(tests/test_request_heap.py): these figures plus a margin, per word size.
+A plain STOP request (the host's form) and an over-long line allocate 0.
+
 Boot heap: ``heap_after_boot_bytes`` is ``gc.mem_alloc()`` after importing
 the firmware control path (``app``, ``controller`` and what they import) and
 building a ``Controller`` and ``Inputs``; ``firmware_boot_bytes`` is the part
@@ -89,6 +98,38 @@ CASES = {
         {"max_angle_mdeg": 90000, "max_inverted_ms": 300000, "max_speed_mdeg_s": 10000},
     ),
 }
+
+# Request kinds measured by request_bytes(): (kind, line, the reply's code or
+# "ok"). The id is one the host could send (below 2**30: a small int).
+_RID = '"id":123456,'
+REQUESTS = (
+    ("stop", "{" + _RID + '"cmd":"stop"}', "ok"),
+    ("status", "{" + _RID + '"cmd":"status"}', "ok"),
+    ("info", "{" + _RID + '"cmd":"info"}', "ok"),
+    ("telemetry_on", "{" + _RID + '"cmd":"telemetry","rate_hz":10}', "ok"),
+    ("telemetry_off", "{" + _RID + '"cmd":"telemetry","rate_hz":0}', "ok"),
+    ("user_get", "{" + _RID + '"cmd":"user.get","name":"guest"}', "ok"),
+    ("limits_set", "{" + _RID + '"cmd":"limits.set","name":"guest","pin":"0000",'
+     '"max_speed_mdeg_s":4000}', "ok"),
+    ("unknown_cmd", "{" + _RID + '"cmd":"nope"}', "unknown_cmd"),
+    ("bad_json", "{" + _RID + '"cmd":"status"', "bad_json"),
+    ("line_too_long", "x" * 600, "line_too_long"),
+)
+# The bounds the tests hold: the figures measured (bench/results.json,
+# docs/performance.md) plus about a quarter, by the interpreter's word size.
+REQUEST_BYTES_BOUND = {
+    # measured (MicroPython 1.27 wasm): status 2080, info 2256, telemetry 800,
+    # user.get 1840, limits.set 142368 (Auth: 500 sha256 rounds of the PIN),
+    # unknown_cmd 944, bad_json 688
+    32: {"stop": 0, "line_too_long": 0, "status": 2600, "info": 2800, "telemetry_on": 1000,
+         "telemetry_off": 1000, "user_get": 2300, "limits_set": 180000, "unknown_cmd": 1200,
+         "bad_json": 900},
+    # measured (1.29 unix port): 2944, 2976, 1408, 2720, 168992, 1600, 1120
+    64: {"stop": 0, "line_too_long": 0, "status": 3700, "info": 3700, "telemetry_on": 1800,
+         "telemetry_off": 1800, "user_get": 3400, "limits_set": 212000, "unknown_cmd": 2000,
+         "bad_json": 1400},
+}
+REQUEST_REPEAT = 3
 
 # Fields of a recorded tick.
 _NOW, _RAW, _IMU_OK, _GO, _STOP, _HOME, _OVERLOAD, _BEFORE, _AFTER, _ELAPSED = range(10)
@@ -341,6 +382,66 @@ def run_case(board, program, limits, quick=False):
     return out
 
 
+def request_bytes(board, repeat=REQUEST_REPEAT):
+    """{kind: most bytes one request of that kind allocated, "replies": {kind:
+    code}, "idle_bytes": what the ticks between requests allocated}."""
+    from invtable.firmware.protocol import Protocol
+    from invtable.hal_sim.devices import FixedLink
+    from invtable.hal_sim.imu import SampledImu
+    from invtable.hal_sim.scenario import Scenario
+
+    program, limits = CASES["standard"]
+    sim = Scenario(board, program, limits, SEED)
+    app = sim.app
+    imu = SampledImu(sim.table.imu)
+    sim.imu.imu = imu
+    link = sim.table.link = app.hal.link = FixedLink()
+    app.protocol = Protocol(app)
+
+    def tick():
+        imu.take()
+        before = gc.mem_alloc()
+        app.tick()
+        used = gc.mem_alloc() - before
+        sim.table.step(sim.dt_ms)
+        return used
+
+    out = {}
+    replies = {}
+    idle = 0
+    gc.collect()
+    gc.disable()
+    try:
+        for _ in range(100):  # past BOOT, at HOME
+            tick()
+        link.host_read()
+        for _ in range(20):
+            idle += tick()
+        for kind, line, _code in REQUESTS:
+            worst = 0
+            for _ in range(repeat):
+                link.host_write(line + "\n")
+                total = 0
+                for _ in range(len(line) // 64 + 3):  # BYTES_PER_TICK a tick
+                    total += tick()
+                text = link.host_read().decode()
+                if total > worst:
+                    worst = total
+                for reply in text.split("\n"):
+                    if reply.startswith("{") and '"event"' not in reply:
+                        msg = json.loads(reply)
+                        replies[kind] = "ok" if msg["ok"] else msg["error"]["code"]
+                for _ in range(5):
+                    idle += tick()
+                link.host_read()
+            out[kind] = worst
+    finally:
+        gc.enable()
+    out["replies"] = replies
+    out["idle_bytes"] = idle
+    return out
+
+
 def _boot_begin():
     gc.collect()
     return gc.mem_alloc()
@@ -386,7 +487,10 @@ def figures(board, heap_after_boot, fw_boot, collect_frees, quick=False):
         cases[name] = run_case(board, program, limits, quick)
     std = cases["standard"]
     version = ".".join(str(v) for v in sys.implementation.version[:3])
+    requests = request_bytes(board)
     return {
+        "request_bytes": requests,
+        "request_word_bits": 64 if sys.maxsize > 2**31 else 32,
         "interpreter": sys.implementation.name + " " + version,
         "hold_bytes_per_tick": std.get("hold_bytes_per_tick"),
         "ramp_bytes_per_tick": std.get("ramp_bytes_per_tick"),
@@ -441,6 +545,26 @@ def runner_code(quick=False):
 
 
 RUNNER_ARGS = ("--no-main",)  # keeps the file's own ``main()`` from running too
+
+
+def requests_code():
+    """This file as code that prints ``REQUEST_BYTES {json}`` (request_bytes)."""
+    with open(__file__, encoding="utf-8") as f:
+        source = f.read()
+    return (source + "\n\nfrom invtable.boards.esp32_devkitc import BOARD\n"
+            "print('REQUEST_BYTES ' + json.dumps(request_bytes(BOARD)))\n")
+
+
+def requests_unix(timeout_s=300):
+    """CPython: request_bytes() on the native unix port (64-bit); the dict."""
+    from invtable.host import micropython_unix
+
+    proc = micropython_unix.run_micropython(requests_code(), timeout_s=timeout_s,
+                                            args=RUNNER_ARGS)
+    for line in proc.stdout.splitlines():
+        if line.startswith("REQUEST_BYTES "):
+            return json.loads(line[len("REQUEST_BYTES "):])
+    raise RuntimeError("request_bytes on the unix port: " + (proc.stderr or proc.stdout)[-400:])
 
 
 def run_under_micropython(quick=False, timeout_s=300):

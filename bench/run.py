@@ -472,6 +472,8 @@ def bench_micropython(report, heap_tick):
             note += "; that clock steps in whole ms, so this figure cannot show the goal is met"
         report.add(name, figure(value, "us", tick_cmp, goal, met, note))
 
+    bench_requests(report, flat, why)
+
     mpy_total, src_total, n_files, failed = mpy_sizes()
     note = f"{n_files - len(failed)} files compiled with mpy-cross -march=xtensawin"
     if failed:
@@ -489,6 +491,29 @@ def bench_micropython(report, heap_tick):
             note,
         ),
     )
+
+
+def bench_requests(report, flat, why):
+    """Heap bytes per request kind (bench/heap_tick.py request_bytes, issue 14)."""
+    from bench.heap_tick import REQUEST_BYTES_BOUND, REQUESTS
+
+    bits = (flat or {}).get("request_word_bits")
+    for kind, _line, _code in REQUESTS:
+        name = "heap_per_request_" + kind
+        value = (flat or {}).get("request_bytes." + kind)
+        if value is None or bits not in REQUEST_BYTES_BOUND:
+            report.add(name, missing("bytes", "(a bound)", why or "not measured"))
+            continue
+        bound = REQUEST_BYTES_BOUND[bits][kind]
+        note = (f"bench/heap_tick.py request_bytes: a {kind!r} request to the App at HOME, "
+                f"most heap bytes its ticks allocated in {REQUEST_REPEAT_NOTE}, on the "
+                f"{bits}-bit interpreter; the bound is what tests/test_request_heap.py holds")
+        report.add(name, figure(value, "bytes", compared("bound", bound, "bytes"),
+                                "= 0 (allocation-free)" if bound == 0 else f"<= {bound}",
+                                value <= bound, note))
+
+
+REQUEST_REPEAT_NOTE = "3 requests (gc.mem_alloc() deltas around App.tick, gc disabled)"
 
 
 # ------------------------------------------------ 3b. memory (issue 14)
@@ -656,7 +681,11 @@ def bench_memory(report):
         report.add("heap_lock_home", missing("ticks", "0 bytes", f"not measured: {error}"))
         return
     interp = locks["_interpreter"]
-    rows = [("home", "home_idle", "HOME"), ("warn", "session", "WARN"),
+    rows = [("boot", "boot", "BOOT"), ("rest", "rest", "REST"),
+            ("fault_stall_retry", "fault_stall_retry", "FAULT"),
+            ("state_events", "state_events", None), ("fault_events", "fault_events", None),
+            ("warning_events", "warning_events", None), ("stop_requests", "stop_requests", None),
+            ("home", "home_idle", "HOME"), ("warn", "session", "WARN"),
             ("ramp", "session", "RAMP"), ("hold", "session", "HOLD"),
             ("pause", "session", "PAUSE"), ("return", "session", "RETURN"),
             ("fault_blind", "fault_blind_return", "FAULT driving"),

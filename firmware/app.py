@@ -27,6 +27,8 @@ MARKER_FILE = "session.json"
 
 # Crashes allowed in the recovery controller before the last-resort routine.
 _MAX_CRASHES = const(3)
+# The uptime's seconds stop here (34 years): the ESP32's largest small int.
+_UPTIME_S_MAX = const((1 << 30) - 1)
 
 _fallback_state = [0]
 
@@ -102,9 +104,13 @@ class App:
         self._rescue = LastResort(board, self.ctl.blind_cap_ms)
         self._in_session = False
         self._pending_entry = None  # log entry waiting for the table to be at rest
-        # Uptime in whole seconds plus a ms remainder: small ints for 34 years.
+        self._end_entry = {"user": None, "start_s": None, "uptime_ms": 0, "max_angle_mdeg": 0,
+                           "inverted_ms": 0, "end": None, "fault": None, "daily_ms": None}
+        # Uptime in whole seconds plus a ms remainder: small ints for 34 years
+        # on the ESP32 (uptime_ms outgrows one after 12.4 days: only requests
+        # compute it; the lines of the tick path write these two as digits).
         self.uptime_s = 0
-        self._uptime_rem_ms = 0
+        self.uptime_rem_ms = 0
         self._last_ms = hal.clock.ticks_ms()
         self._tick_ms = 1000 // board["control_hz"]
         self.epoch_s_at_set = None  # clock.set: epoch seconds...
@@ -340,27 +346,33 @@ class App:
 
     @property
     def uptime_ms(self):
-        return self.uptime_s * 1000 + self._uptime_rem_ms
+        """Exact; beyond 2**30 ms (12.4 days) a big int: not for the tick path."""
+        return self.uptime_s * 1000 + self.uptime_rem_ms
 
     def _count_uptime(self, now_ms):
         dt = ticks_diff(now_ms, self._last_ms)
         self._tick_ms = dt if dt > 0 else 1
-        self._uptime_rem_ms += dt
+        self.uptime_rem_ms += dt
         self._last_ms = now_ms
-        while self._uptime_rem_ms >= 1000:
-            self._uptime_rem_ms -= 1000
-            self.uptime_s += 1
+        while self.uptime_rem_ms >= 1000:
+            self.uptime_rem_ms -= 1000
+            if self.uptime_s < _UPTIME_S_MAX:
+                self.uptime_s += 1
 
     def _entry(self, end, fault, max_angle_mdeg, inverted_ms):
-        return {
-            "user": self._user,
-            "start_s": self._session_start_s,
-            "uptime_ms": self.uptime_ms,
-            "max_angle_mdeg": max_angle_mdeg,
-            "inverted_ms": inverted_ms,
-            "end": end,
-            "fault": fault,
-        }
+        # One dict, filled again for each session (the log keeps a copy): the
+        # tick a session ends in (e.g. a fault in HOLD) allocates nothing for
+        # it while the uptime is a small int.
+        entry = self._end_entry
+        entry["user"] = self._user
+        entry["start_s"] = self._session_start_s
+        entry["uptime_ms"] = self.uptime_ms
+        entry["max_angle_mdeg"] = max_angle_mdeg
+        entry["inverted_ms"] = inverted_ms
+        entry["end"] = end
+        entry["fault"] = fault
+        entry["daily_ms"] = None
+        return entry
 
     def _book_keep(self):
         """Session start/end to flash, never while the table is moving.
@@ -437,8 +449,8 @@ class App:
         now_ms = hal.clock.ticks_ms()
         self._count_uptime(now_ms)
         try:
-            hal.imu.read(inp.raw)
-            inp.imu_ok = True
+            # False: no sample (hal.py), without an exception to allocate.
+            inp.imu_ok = hal.imu.read(inp.raw) is not False
         except OSError:
             inp.imu_ok = False
         inp.go = hal.go.pressed()
@@ -475,7 +487,8 @@ class App:
         hal.wdt.feed()  # only a loop that got this far is healthy
 
     def _crashed(self, error):
-        self.crashes += 1
+        if self.crashes < _UPTIME_S_MAX:  # (a last resort that keeps failing: 50 a second)
+            self.crashes += 1
         if self.setup is not None:
             # Commissioning dies with the exception: drive off (below), and it
             # is reported as failed; the calibration is unchanged.

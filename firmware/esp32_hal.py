@@ -2,8 +2,9 @@
 
 ``build(board)`` turns a board file (see ``boards/``) into a ``hal.Hal``.
 Everything the control loop calls per tick (``imu.read``, ``actuator.drive``,
-``pressed``/``closed``, ``clock.ticks_ms``, ``wdt.feed``, ``link.read_byte``)
-allocates nothing on the heap.
+``pressed``/``closed``, ``clock.ticks_ms``, ``wdt.feed``, ``link.read_byte``,
+``link.write_buf``) allocates nothing on the heap, a failed I2C transfer
+excepted (machine.I2C raises a new OSError).
 
 On a PC the same file runs against ``hal_sim.machine_sim`` installed as
 ``sys.modules["machine"]``.
@@ -19,6 +20,7 @@ from .compat import const
 from .hal import DRIVE_DEADLINE_MS, Hal
 from .mpu6050 import MPU6050
 
+_MICROPYTHON = sys.implementation.name == "micropython"
 _DUTY_FULL = const(65535)
 DEFAULT_WDT_TIMEOUT_MS = const(1000)
 _SENSE_SAMPLES = const(4)
@@ -274,35 +276,19 @@ class Indicator:
 # --- IMU ------------------------------------------------------------------------
 
 
-# A preallocated error raised by MissingImu.read is renewed after this many
-# raises: MicroPython appends a traceback entry to an exception object every
-# time it is raised (measured: 24 bytes per raise, kept as long as the object
-# lives), so one instance raised forever would slowly fill the heap.
-_MISSING_IMU_RENEW = const(16)
-_ENODEV = const(19)
-
-
 class MissingImu:
-    """Stands in for an IMU that was not found at boot: every ``read`` raises
-    OSError, so the control loop sees a lost angle (``imu_lost``) and takes
-    the blind way home, exactly as when the sensor is lost mid-session.
-
-    The OSError is made once and reused (renewed every _MISSING_IMU_RENEW
-    raises, see above): about 26 bytes per read instead of a new exception
-    each tick. No raising read can allocate nothing under MicroPython.
+    """Stands in for an IMU that was not found at boot: every ``read``
+    returns False (no sample), so the control loop sees a lost angle
+    (``imu_lost``) and takes the blind way home, exactly as when the sensor
+    is lost mid-session. No exception: a raise allocates (a new OSError, or a
+    traceback entry on a kept one) on every tick; a return value does not.
     """
 
     def __init__(self, message):
         self.message = message
-        self._raises = 0
-        self._error = OSError(_ENODEV, message)
 
     def read(self, out):
-        self._raises += 1
-        if self._raises >= _MISSING_IMU_RENEW:
-            self._raises = 0
-            self._error = OSError(_ENODEV, self.message)
-        raise self._error
+        return False
 
 
 def make_imu(cfg, sleep_ms=None):
@@ -359,6 +345,11 @@ class Fs:
             else:
                 for chunk in data:  # a large file, one chunk at a time
                     f.write(chunk)
+
+    def patch_bytes(self, name, offset, data):
+        with open(self._path(name), "r+b") as f:
+            f.seek(offset)
+            f.write(data)
 
     def rename(self, old, new):
         old_path = self._path(old)
@@ -427,6 +418,8 @@ class UsbSerialLink:
         self._reader = None
         self._broken = False
         self._byte = bytearray(1)
+        self._raw = None  # the binary stdout write_buf writes to, once found
+        self._raw_flush = False
 
     def _setup(self):
         import select
@@ -465,6 +458,22 @@ class UsbSerialLink:
         if not data:
             return -1
         return ord(data) if isinstance(data, str) else data[0]
+
+    def write_buf(self, buf, n):
+        """buf[0:n] without allocating: MicroPython's streams take a length
+        (``write(buf, n)``); CPython's do not (a copy there)."""
+        raw = self._raw
+        if raw is None:  # the first call finds the stream (allocates once)
+            out = self._stdout if self._stdout is not None else sys.stdout
+            raw = getattr(out, "buffer", None)
+            if raw is None or not _MICROPYTHON:
+                self.write(bytes(buf[:n]))
+                return
+            self._raw = raw
+            self._raw_flush = hasattr(raw, "flush")
+        raw.write(buf, n)
+        if self._raw_flush:
+            raw.flush()  # called, not looked up: no bound method to allocate
 
     def write(self, data):
         if isinstance(data, str):

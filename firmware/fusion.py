@@ -37,6 +37,7 @@ _START_RESEED_REJECTS = const(3)
 SPIKE_MDEG = const(8000)
 # A gyro rate this high is beyond any table motion (the hard cap is 10 deg/s).
 MAX_RATE_MDEG_S = const(40000)
+_REJECTS_MAX = const(1 << 29)
 
 
 def iatan2_mdeg(y, x):
@@ -173,7 +174,8 @@ class AngleEstimator:
         else:
             rejected = True
         if rejected:
-            self.rejected_in_row += 1
+            if self.rejected_in_row < _REJECTS_MAX:  # a small int on the ESP32 for ever
+                self.rejected_in_row += 1
             if self._shift < _CORR_SHIFT and self.rejected_in_row >= _START_RESEED_REJECTS:
                 self.reset(raw)
         else:

@@ -17,7 +17,9 @@ imu
     ``read(out)`` fills the preallocated list ``out[0:6]`` with
     ``ax, ay, az`` (mg, specific force in the sensor frame) and
     ``gx, gy, gz`` (mdeg/s, right-handed rotation about each sensor axis).
-    Raises ``OSError`` when the sensor cannot be read. The board file says
+    Returns False when there is no sample (the sensor gave no data, or is
+    missing: nothing written, and nothing allocated, unlike a raise), else
+    True or None. Raises ``OSError`` when the bus fails. The board file says
     which axes measure the table's tilt (``fusion.Mounting``).
 
 actuator
@@ -47,7 +49,8 @@ fs
     ``read_bytes(name)`` -> bytes, or None if the file does not exist;
     ``write_bytes(name, data)`` (may be torn by a power cut): ``data`` is
     bytes, or any other iterable of bytes chunks written one after the other
-    (a large file never built whole in RAM);
+    (a large file never built whole in RAM); ``patch_bytes(name, offset,
+    data)`` overwrites bytes of an existing file in place (may be torn too);
     ``rename(old, new)`` (atomic, replaces ``new``); ``remove(name)``
     (no error if missing).
 
@@ -61,6 +64,9 @@ grip (optional, None without a ``grip_pin``)
 link (optional)
     The serial line: ``read_byte()`` -> int 0..255, or -1 when nothing is
     waiting (never blocks); ``write(data)`` queues bytes for the host.
+    Optional ``write_buf(buf, n)``: queues ``buf[0:n]`` without allocating
+    (the protocol's preallocated lines; without it they go through
+    ``write(buf[:n])``, a copy).
 """
 
 # Five control periods at 50 Hz: a tick that runs late (a flash write) pauses

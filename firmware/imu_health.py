@@ -22,6 +22,7 @@ F_IMU_IMPLAUSIBLE = "imu_implausible"  # readings disagree with physics
 IMU_ERROR_TICKS = const(3)  # consecutive failed reads = angle lost
 IMU_STUCK_TICKS = const(10)  # identical samples in a row = stuck
 IMU_REJECT_TICKS = const(10)  # implausible samples in a row = angle untrusted
+_COUNT_MAX = const(1 << 29)
 
 
 class ImuHealth:
@@ -41,10 +42,16 @@ class ImuHealth:
                 if raw[i] != prev[i]:
                     same = False
                 prev[i] = raw[i]
-            self.same_in_row = self.same_in_row + 1 if same else 0
+            # Both counts stop at _COUNT_MAX: a small int on the ESP32 however
+            # long the sensor stays frozen or gone (2**30 ticks is 248 days).
+            if not same:
+                self.same_in_row = 0
+            elif self.same_in_row < _COUNT_MAX:
+                self.same_in_row += 1
             estimator.update(raw, dt_ms)
         else:
-            self.errors_in_row += 1
+            if self.errors_in_row < _COUNT_MAX:
+                self.errors_in_row += 1
             if estimator.ready:
                 estimator.predict(dt_ms)
 

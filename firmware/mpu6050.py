@@ -117,7 +117,9 @@ class MPU6050:
             )
 
     def read(self, out):
-        """Fill out[0:6] = ax, ay, az (mg), gx, gy, gz (mdeg/s). OSError on bus errors."""
+        """Fill out[0:6] = ax, ay, az (mg), gx, gy, gz (mdeg/s) and return True;
+        False if the sensor gave no data (out unchanged), OSError on bus errors
+        (raised by machine.I2C: a new exception object each time)."""
         buf = self._buf
         self.i2c.readfrom_mem_into(self.addr, _ACCEL_XOUT_H, buf)
         # A sensor that lost power comes back asleep with every register 0:
@@ -126,7 +128,7 @@ class MPU6050:
         for i in range(14):
             any_bits |= buf[i]
         if not any_bits:
-            raise OSError(5, "MPU-6050 returns no data (reset or asleep)")  # EIO
+            return False  # not an exception: a raise allocates on every tick
         a_num = self._a_num
         a_den = self._a_den
         g_num = self._g_num
@@ -144,6 +146,7 @@ class MPU6050:
         if raw & 0x8000:
             raw -= 0x10000
         self.temp_raw = raw
+        return True
 
     def temp_cdeg(self):
         """Die temperature of the last read in centi-degrees C (raw / 340 + 36.53)."""

@@ -10,10 +10,17 @@
 * it writes the events (``boot``, ``state``, ``warning``, ``session_end``,
   ``telemetry``) that became due.
 
-With nothing waiting on the link and telemetry off, ``poll`` allocates nothing
-(one ``read_byte`` and a few attribute compares); the request path may
-allocate (JSON). Any exception while handling a request becomes an
-``internal`` error reply; nothing ever propagates to the control loop.
+Allocation (proved with ``heap_lock`` on the unix port,
+tests/test_heap_lock_unix.py): the ``telemetry``, ``state`` and ``warning``
+lines, ``line_too_long`` and a plain STOP request with its reply allocate
+nothing: they are formatted into one preallocated buffer (``OUT_MAX``
+bytes, in json.dumps' layout) and written with ``link.write_buf`` where the
+link has it. Any other request allocates (json.loads, the reply's dict and
+json.dumps): a measured bound per kind, bench/heap_tick.py. A line that would
+not fit the buffer (it cannot, for the values the firmware has; a test sizes
+it) goes out through json.dumps instead, never truncated. Any exception while
+handling a request becomes an ``internal`` error reply; nothing ever
+propagates to the control loop.
 
 Validation order for a request: UTF-8, JSON, object, a repeated ``id``,
 ``id``, any other repeated member (``duplicate_key``), ``cmd``, unknown and
@@ -44,7 +51,15 @@ FIRMWARE_VERSION = "0.1.0"
 LINE_MAX = const(512)  # bytes per request line, newline included
 BYTES_PER_TICK = const(64)  # serial bytes read per control tick at most
 ID_MAX = 2147483647
+_ID_MAX_DIGITS = b"2147483647"
 ID_STR_MAX = 16
+# The preallocated buffer of the lines formatted without allocating. At
+# their worst (every number at a 64-bit small int's extreme, codes and the
+# board name of CODE_MAX characters, every file interrupted) boot is 354
+# bytes, telemetry 335, state 200, warning 96 (tests/test_protocol_lines.py).
+OUT_MAX = const(448)
+CODE_MAX = 40  # the longest code such a line is sized for (fault, warning, state)
+_COUNT_MAX = const(1 << 29)  # counters stop here: a small int on the ESP32
 TELEMETRY_MAX_HZ = 10
 LOG_READ_MAX = 10
 EPOCH_MIN_S = 946684800  # 2000-01-01: anything earlier is a host without a clock
@@ -308,6 +323,73 @@ def _duplicate_error(key):
     )
 
 
+def _skip_ws(buf, i, n):
+    while i < n and (buf[i] == 32 or buf[i] == 9 or buf[i] == _CR or buf[i] == _NL):
+        i += 1
+    return i
+
+
+def _word_at(buf, i, n, word):
+    """Index past the plain JSON string "word" at buf[i], or -1."""
+    k = len(word)
+    if i + k + 2 > n or buf[i] != _QUOTE or buf[i + k + 1] != _QUOTE:
+        return -1
+    for j in range(k):
+        if buf[i + 1 + j] != word[j]:
+            return -1
+    return i + k + 2
+
+
+def _colon(buf, i, n):
+    """Index of the value after the ':' at buf[i] (whitespace around), or -1."""
+    i = _skip_ws(buf, i, n)
+    if i >= n or buf[i] != _COLON:
+        return -1
+    i = _skip_ws(buf, i + 1, n)
+    return i if i < n else -1
+
+
+def _plain_id_end(buf, i, n):
+    """Index past a plain id at buf[i] (see Protocol._plain_stop), or -1."""
+    if buf[i] == _QUOTE:
+        j = i + 1
+        while j < n and buf[j] != _QUOTE:
+            c = buf[j]
+            if c < 32 or c > 126 or c == _BACKSLASH or j - i > ID_STR_MAX:
+                return -1
+            j += 1
+        return j + 1 if j < n else -1
+    j = i
+    while j < n and 48 <= buf[j] <= 57:
+        j += 1
+    digits = j - i
+    if digits == 0 or digits > 10 or (digits > 1 and buf[i] == 48):
+        return -1
+    if digits == 10:  # above ID_MAX? compared as text: no big int
+        for k in range(10):
+            if buf[i + k] != _ID_MAX_DIGITS[k]:
+                if buf[i + k] > _ID_MAX_DIGITS[k]:
+                    return -1
+                break
+    if j < n and _skip_ws(buf, j, n) == j and buf[j] != _COMMA and buf[j] != _RBRACE:
+        return -1  # 1.5, 1e3, 12x: not a plain integer
+    return j
+
+
+# The boot, telemetry, state and warning lines: (event, keys), written in
+# json.dumps' layout and key order (CPython's: the same bytes as json.dumps
+# of the dict). A value _UPTIME is the uptime.
+_UPTIME = object()
+_BOOT_LINE = ("boot", ("firmware", "protocol", "board", "reset_fault", "settings_status",
+                       "interrupted", "interrupted_writes"))
+_TELEMETRY_LINE = ("telemetry", ("t_ms", "state", "angle_mdeg", "target_mdeg", "inverted_ms",
+                                 "remaining_ms", "sets_done", "fault"))
+_STATE_LINE = ("state", ("state", "from", "fault", "t_ms"))
+_WARNING_LINE = ("warning", ("code", "t_ms"))
+_LINE_TOO_LONG = (json.dumps({"id": None, "ok": False, "error": {
+    "code": "line_too_long", "message": "line exceeds %d bytes" % LINE_MAX}}) + "\n").encode()
+
+
 class Protocol:
     def __init__(self, app):
         self.app = app
@@ -329,6 +411,15 @@ class Protocol:
         self._replay_key = None
         self._last_sent = None
         self.replayed = 0  # repeats answered from _replays (for tests)
+        # The allocation-free lines: their buffer, its fill, "did not fit",
+        # the values of the line being written, the plain STOP's id span.
+        self._out = bytearray(OUT_MAX)
+        self._o = 0
+        self._over = False
+        self._vals = [None] * 8
+        self._id_a = -1
+        self._id_b = -1
+        self._write_buf = getattr(self.link, "write_buf", None)
 
     # ------------------------------------------------------------------ poll
     def poll(self, now_ms):
@@ -339,12 +430,18 @@ class Protocol:
                 self._boot_sent = True
                 self._send_boot()
             self._events(now_ms)
-            self._read(now_ms)
         except Exception as error:  # noqa: BLE001 - never into the control loop
-            try:
-                self.app.last_error = "protocol: %s: %s" % (type(error).__name__, error)
-            except Exception:  # noqa: BLE001
-                pass
+            self._caught(error)
+        try:  # whatever the events did: a STOP request is still read
+            self._read(now_ms)
+        except Exception as error:  # noqa: BLE001
+            self._caught(error)
+
+    def _caught(self, error):
+        try:
+            self.app.last_error = "protocol: %s: %s" % (type(error).__name__, error)
+        except Exception:  # noqa: BLE001 - e.g. MemoryError: no room for the text
+            pass
 
     def _read(self, now_ms):
         link = self.link
@@ -371,13 +468,20 @@ class Protocol:
                 # This line is longer than LINE_MAX with its newline.
                 self._discarding = True
                 self._n = 0
-                self._send_error(None, "line_too_long", "line exceeds %d bytes" % LINE_MAX)
+                self._write(_LINE_TOO_LONG, len(_LINE_TOO_LONG))
                 continue
             buf[self._n] = b
             self._n += 1
 
     # -------------------------------------------------------------- requests
     def _handle_line(self, n, now_ms):
+        if self._plain_stop(n):
+            # STOP in the form the host sends: obeyed and answered without
+            # allocating, so it works on a full heap too.
+            self._count_request()
+            self._stop_all()
+            self._reply_stop()
+            return
         self._replay_key = None
         self._last_sent = None
         self._answer(n, now_ms)
@@ -388,8 +492,82 @@ class Protocol:
             if len(self._replays) > _REPLAYS:
                 self._replays.pop(0)
 
+    def _count_request(self):
+        if self.requests < _COUNT_MAX:
+            self.requests += 1
+
+    def _stop_all(self):
+        self.app.ctl.remote_stop()
+        if self.app.setup is not None:
+            self.app.setup.stop()
+
+    def _plain_stop(self, n):
+        """True if the line buf[0:n] is exactly a stop request in plain form:
+        one object of "cmd": "stop" and an optional "id" (digits 0..ID_MAX, or
+        a string of at most ID_STR_MAX printable ASCII characters other than
+        quote and backslash), each once, no escapes, JSON whitespace anywhere
+        between. The id's span (quotes included) is left in _id_a.._id_b (-1:
+        none). Allocation-free; any other line takes the general path."""
+        buf = self._buf
+        self._id_a = -1
+        i = _skip_ws(buf, 0, n)
+        if i >= n or buf[i] != _LBRACE:
+            return False
+        i = _skip_ws(buf, i + 1, n)
+        if i < n and buf[i] == _RBRACE:
+            return False  # {}: no cmd
+        cmd = False
+        while True:
+            value = -1
+            key_end = _word_at(buf, i, n, b"cmd")
+            if key_end > 0:
+                if cmd:
+                    return False
+                cmd = True
+                i = _colon(buf, key_end, n)
+                if i > 0:
+                    value = _word_at(buf, i, n, b"stop")
+            else:
+                key_end = _word_at(buf, i, n, b"id")
+                if key_end < 0 or self._id_a >= 0:
+                    return False  # another member, or a second id
+                i = _colon(buf, key_end, n)
+                if i > 0:
+                    value = _plain_id_end(buf, i, n)
+                self._id_a = i
+                self._id_b = value
+            if value < 0:
+                return False  # no colon, or not a plain value
+            i = _skip_ws(buf, value, n)
+            if i >= n:
+                return False
+            if buf[i] == _RBRACE:
+                return cmd and _skip_ws(buf, i + 1, n) == n
+            if buf[i] != _COMMA:
+                return False
+            i = _skip_ws(buf, i + 1, n)
+
+    def _reply_stop(self):
+        self._o = 0
+        self._over = False
+        self._put(b'{"id": ')
+        a = self._id_a
+        if a < 0:
+            self._put(b"null")
+        else:
+            out = self._out
+            buf = self._buf
+            o = self._o
+            for k in range(self._id_b - a):  # at most 18 bytes: always fits
+                out[o + k] = buf[a + k]
+            self._o = o + self._id_b - a
+        self._put(b', "ok": true, "data": {"state": ')
+        self._put_str(self.app.ctl.state)
+        self._put(b"}}\n")
+        self._write(self._out, self._o)
+
     def _answer(self, n, now_ms):
-        self.requests += 1
+        self._count_request()
         req_id = None
         try:
             if not utf8_valid(self._buf, n):
@@ -406,9 +584,7 @@ class Protocol:
                 # STOP is obeyed before anything else is checked: a bad id, a
                 # stray or repeated member (even a second "cmd") still gets
                 # its error reply, but never keeps the table from heading home.
-                self.app.ctl.remote_stop()
-                if self.app.setup is not None:
-                    self.app.setup.stop()
+                self._stop_all()
             if duplicate == "id":
                 raise _duplicate_error(duplicate)  # which id to echo? none
             if "id" in req:
@@ -434,7 +610,8 @@ class Protocol:
                 line = hash(text)
                 for rid, rline, reply in self._replays:
                     if rid == req_id and rline == line:
-                        self.replayed += 1
+                        if self.replayed < _COUNT_MAX:
+                            self.replayed += 1
                         self.link.write(reply)  # done once already: the same answer
                         return
                 self._replay_key = (req_id, line)
@@ -530,6 +707,9 @@ class Protocol:
             "calibration_status": self.app.calib_status,
             "console_locked": self.app.console_locked(),
             "calibration": self.app.calib,
+            # What the boot loader checked and started (firmware/main.py): None
+            # when the firmware was started otherwise (the simulator).
+            "slot": getattr(self.app.hal, "firmware", None),
         }
 
     def _cmd_status(self, args, now_ms):
@@ -704,44 +884,40 @@ class Protocol:
     # ---------------------------------------------------------------- events
     def _send_boot(self):
         app = self.app
-        self._send(
-            {
-                "event": "boot",
-                "firmware": FIRMWARE_VERSION,
-                "protocol": PROTOCOL_VERSION,
-                "board": app.board.get("name"),
-                "reset_fault": app.reset_fault,
-                "settings_status": app.settings_status,
-                "interrupted": app.interrupted,
-                "interrupted_writes": app.interrupted_writes,
-            }
-        )
+        vals = self._vals
+        vals[0] = FIRMWARE_VERSION
+        vals[1] = PROTOCOL_VERSION
+        vals[2] = app.board.get("name")
+        vals[3] = app.reset_fault
+        vals[4] = app.settings_status
+        vals[5] = app.interrupted
+        vals[6] = app.interrupted_writes
+        self._send_line(_BOOT_LINE)
 
     def _events(self, now_ms):
         app = self.app
         ctl = app.ctl
+        vals = self._vals
         state = app.state_name()
         if state is not self._last_state and state != self._last_state:
-            self._send(
-                {
-                    "event": "state",
-                    "state": state,
-                    "from": self._last_state,
-                    "fault": ctl.fault,
-                    "t_ms": app.uptime_ms,
-                }
-            )
+            vals[0] = state
+            vals[1] = self._last_state
+            vals[2] = ctl.fault
+            vals[3] = _UPTIME
+            self._send_line(_STATE_LINE)
             self._last_state = state
         warning = ctl.warning
         if ctl.warnings != self._last_warnings or warning is not self._last_warning:
             self._last_warnings = ctl.warnings
             self._last_warning = warning
             if warning is not None:
-                self._send({"event": "warning", "code": warning, "t_ms": app.uptime_ms})
+                vals[0] = warning
+                vals[1] = _UPTIME
+                self._send_line(_WARNING_LINE)
         if app.ended_entry is not None:
             entry = app.ended_entry
             app.ended_entry = None
-            event = dict(entry)
+            event = dict(entry)  # after a flash write: this tick allocates anyway
             event["event"] = "session_end"
             self._send(event)
         if self._rate_hz and ticks_diff(now_ms, self._last_tele_ms) >= self._period_ms:
@@ -757,19 +933,137 @@ class Protocol:
             remaining = session.max_inverted_ms - ctl.inverted_ms
             if remaining < 0:
                 remaining = 0
-        self._send(
-            {
-                "event": "telemetry",
-                "t_ms": app.uptime_ms,
-                "state": app.state_name(),
-                "angle_mdeg": ctl.angle_mdeg,
-                "target_mdeg": ctl.profile.pos_mdeg,
-                "inverted_ms": ctl.inverted_ms,
-                "remaining_ms": remaining,
-                "sets_done": ctl.sets_done,
-                "fault": ctl.fault,
-            }
-        )
+        vals = self._vals
+        vals[0] = _UPTIME
+        vals[1] = app.state_name()
+        vals[2] = ctl.angle_mdeg
+        vals[3] = ctl.profile.pos_mdeg
+        vals[4] = ctl.inverted_ms
+        vals[5] = remaining
+        vals[6] = ctl.sets_done
+        vals[7] = ctl.fault
+        self._send_line(_TELEMETRY_LINE)
+
+    # ------------------------------------------- lines without allocation
+    def _send_line(self, spec):
+        """The event ``spec`` (_TELEMETRY_LINE...) with the values in _vals, formatted
+        into the preallocated buffer; through json.dumps if it does not fit."""
+        event, keys = spec
+        vals = self._vals
+        self._o = 0
+        self._over = False
+        self._put(b'{"event": ')
+        self._put_str(event)
+        for i in range(len(keys)):
+            self._put(b", ")
+            self._put_str(keys[i])
+            self._put(b": ")
+            self._put_value(vals[i])
+        self._put(b"}\n")
+        if not self._over:
+            self._write(self._out, self._o)
+            return
+        obj = {"event": event}  # never truncated: the same line, allocating
+        for i in range(len(keys)):
+            value = vals[i]
+            obj[keys[i]] = self.app.uptime_ms if value is _UPTIME else value
+        self._send(obj)
+
+    def _put(self, piece):
+        o = self._o
+        end = o + len(piece)
+        if end > OUT_MAX:
+            self._over = True
+            return
+        self._out[o:end] = piece  # from bytes: no allocation (1.2x)
+        self._o = end
+
+    def _put_value(self, value):
+        if value is None:
+            self._put(b"null")
+        elif value is True:
+            self._put(b"true")
+        elif value is False:
+            self._put(b"false")
+        elif value is _UPTIME:
+            self._put_uptime()
+        elif isinstance(value, int):
+            self._put_int(value)
+        elif isinstance(value, str):
+            self._put_str(value)
+        elif isinstance(value, list):
+            self._put(b"[")
+            for i in range(len(value)):
+                if i:
+                    self._put(b", ")
+                self._put_value(value[i])
+            self._put(b"]")
+        else:
+            self._over = True  # not a kind these lines carry: json.dumps
+
+    def _put_int(self, value):
+        if value < 0:
+            # Digit by digit from the negative side: -value may not be a small int.
+            self._put(b"-")
+            rest = value // -10
+            last = -(value % -10)
+            if rest:
+                self._put_int(rest)
+            self._put_digits(last, 1)
+            return
+        n = 1
+        t = value
+        while t >= 10:
+            t //= 10
+            n += 1
+        self._put_digits(value, n)
+
+    def _put_digits(self, value, n):
+        """value (>= 0) as exactly n decimal digits, zero-padded."""
+        o = self._o
+        if o + n > OUT_MAX:
+            self._over = True
+            return
+        out = self._out
+        i = o + n - 1
+        while i >= o:
+            out[i] = 48 + value % 10
+            value //= 10
+            i -= 1
+        self._o = o + n
+
+    def _put_uptime(self):
+        # uptime_s * 1000 + ms written as digits: the product would outgrow a
+        # small int on the ESP32 after 12.4 days (and allocate every line).
+        app = self.app
+        if app.uptime_s:
+            self._put_int(app.uptime_s)
+            self._put_digits(app.uptime_rem_ms, 3)
+        else:
+            self._put_int(app.uptime_rem_ms)
+
+    def _put_str(self, text):
+        n = len(text)
+        o = self._o
+        if o + n + 2 > OUT_MAX:
+            self._over = True
+            return
+        out = self._out
+        out[o] = _QUOTE
+        for i in range(n):
+            c = ord(text[i])
+            if c < 32 or c > 126 or c == _QUOTE or c == _BACKSLASH:
+                self._over = True  # needs escaping: json.dumps does it
+                return
+            out[o + 1 + i] = c
+        out[o + n + 1] = _QUOTE
+        self._o = o + n + 2
+
+    def _write(self, buf, n):
+        if self._write_buf is not None:
+            self._write_buf(buf, n)
+        else:  # a link without write_buf: a copy (allocates), as bytes as before
+            self.link.write(bytes(buf[:n]))
 
     # ---------------------------------------------------------------- output
     def _send_error(self, req_id, code, message, details=None):

@@ -18,11 +18,17 @@ class VirtualClock:
         self.start_ticks_ms = start_ticks_ms & _TICKS_MAX
         # Unbounded simulated time since creation, for traces and plots.
         self.elapsed_ms = 0
+        # The wrapped counter itself, kept up to date by advance(): reading it
+        # does no arithmetic, so under a 32-bit MicroPython (small ints end at
+        # 2**30) ticks_ms() allocates no big int, as the ESP32's does not.
+        self._ticks = self.start_ticks_ms
 
     def ticks_ms(self):
-        return (self.start_ticks_ms + self.elapsed_ms) & _TICKS_MAX
+        return self._ticks
 
     def advance(self, ms):
         if ms < 0:
             raise ValueError("time cannot go backwards")
-        self.elapsed_ms += int(ms)
+        ms = int(ms)
+        self.elapsed_ms += ms
+        self._ticks = (self._ticks + (ms & _TICKS_MAX)) & _TICKS_MAX

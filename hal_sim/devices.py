@@ -156,6 +156,60 @@ class SimWdt:
         self.last_feed_ticks = self.clock.ticks_ms()
 
 
+class FixedLink:
+    """The serial line in two preallocated buffers, for heap measurements:
+    the firmware's side (``read_byte``, ``write_buf``) allocates nothing.
+    The host's side (``host_write``, ``host_read``) runs between ticks."""
+
+    def __init__(self, size=8192):
+        self._in = bytearray(size)
+        self._in_n = 0
+        self._in_pos = 0
+        self._out = bytearray(size)
+        self._out_n = 0
+
+    def host_write(self, data):
+        if isinstance(data, str):
+            data = data.encode()
+        rest = self._in[self._in_pos : self._in_n]  # what is still unread, to the front
+        n = len(rest) + len(data)
+        if n > len(self._in):
+            raise ValueError("FixedLink: host_write overflows the input buffer")
+        self._in[0:n] = rest + data
+        self._in_n = n
+        self._in_pos = 0
+
+    def host_read(self):
+        data = bytes(self._out[: self._out_n])
+        self._out_n = 0
+        return data
+
+    def pending(self):
+        return self._in_n - self._in_pos
+
+    def read_byte(self):
+        if self._in_pos >= self._in_n:
+            return -1
+        b = self._in[self._in_pos]
+        self._in_pos += 1
+        return b
+
+    def write_buf(self, buf, n):
+        o = self._out_n
+        if o + n > len(self._out):
+            raise ValueError("FixedLink: the output buffer is full (call host_read)")
+        out = self._out
+        for i in range(n):
+            out[o + i] = buf[i]
+        self._out_n = o + n
+        return n
+
+    def write(self, data):
+        if isinstance(data, str):
+            data = data.encode()
+        return self.write_buf(data, len(data))
+
+
 class SimLink:
     """The serial line as two byte queues. Never blocks."""
 
@@ -192,6 +246,10 @@ class SimLink:
             data = data.encode()
         self._to_host.extend(data)
         return len(data)
+
+    def write_buf(self, buf, n):
+        self._to_host.extend(memoryview(buf)[:n])
+        return n
 
     def pending(self):
         """Bytes waiting for the firmware."""

@@ -204,3 +204,31 @@ class SimImu:
             out[i] = a
             out[3 + i] = g
         rng.state = x
+
+
+class SampledImu:
+    """For heap measurements: the simulated IMU read outside the measured
+    tick (``take()``: its float maths is the simulator's, not the
+    firmware's); ``read(out)`` copies that sample, or returns False when the
+    read failed, as the MPU-6050 driver does for a sensor without data and
+    MissingImu for one not found at boot (the HAL contract, firmware/hal.py)."""
+
+    def __init__(self, imu):
+        self.imu = imu
+        self.sample = [0] * 6
+        self.ok = True
+
+    def take(self):
+        try:
+            self.imu.read(self.sample)
+            self.ok = True
+        except OSError:
+            self.ok = False
+
+    def read(self, out):
+        if not self.ok:
+            return False
+        sample = self.sample
+        for i in range(6):
+            out[i] = sample[i]
+        return True
