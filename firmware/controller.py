@@ -97,8 +97,14 @@ HOMEWARD_MS = const(200)  # driven towards home this long (2 actuator lags) befo
 REST_READY_TIMEOUT_MS = const(300000)  # rest over, no GO within 5 min: session ends
 # The exit pause starts when the table is within this of the pause angle.
 PAUSE_REACHED_MDEG = const(1000)
-# Inverted time is counted from this far below 0 deg (estimator error).
-INVERTED_COUNT_MARGIN_MDEG = const(500)
+# How far the angle estimate may read from the truth unnoticed: the
+# estimator's own error (0.5 deg) plus an IMU knocked by less than the home
+# check can see (home_check.EDGE_AGREE_MDEG). Inverted time is counted from
+# this far below 0 deg, and the final return is planned for a table this much
+# higher than it reads (with 0.5 deg only, an IMU knocked 0.5 deg since
+# commissioning overran a 10 s limit by 40 ms at 1 deg/s; found by hypothesis).
+ANGLE_UNSEEN_ERROR_MDEG = 500 + EDGE_AGREE_MDEG
+INVERTED_COUNT_MARGIN_MDEG = ANGLE_UNSEEN_ERROR_MDEG
 # HOLD starts once the table itself (not only the reference) is this close
 # to the target.
 TARGET_REACHED_MDEG = const(500)
@@ -414,7 +420,7 @@ class Controller:
 
     def _warn(self, code):
         self.warning = code
-        self.warnings += 1
+        self.warnings = (self.warnings + 1) & 0xFFFFFF  # compared for change only: wraps small
         self._warning_ms = 0
 
     def _latch(self, code, go_home_mode):
@@ -770,8 +776,8 @@ class Controller:
         speed = self._return_speed(speed)
         total_ms += pos * 1000 // speed + speed * 1000 // (2 * accel)
         # margin: actuator lag (twice: the start and the end of the way
-        # down), estimator error (0.5 deg), a late tick
-        margin_ms = 2 * self.actuator_lag_ms + 100 + 500000 // speed
+        # down), the angle's unseen error, a late tick
+        margin_ms = 2 * self.actuator_lag_ms + 100 + ANGLE_UNSEEN_ERROR_MDEG * 1000 // speed
         return total_ms + margin_ms + 2 * self.dt_nominal_ms
 
     def _return_speed(self, speed):

@@ -140,13 +140,30 @@ class SessionLog:
 
         def chunks():
             yield '{"schema": ' + str(SCHEMA) + ', "entries": ['
-            sep = ""
+            sep = False
             for row in rows:
-                yield sep + json.dumps(_as_dict(row))
-                sep = ", "
+                if sep:
+                    yield ", "
+                yield _row_json(row)
+                sep = True
             yield "]}"
 
-        storage.save_chunks(self._fs, LOG_FILE, chunks)
+        storage.save_chunks(self._fs, LOG_FILE, chunks())
+
+
+# One entry's JSON, in FIELDS order (what json.dumps gives for its dict): one
+# string per entry, no dict built to save it (a full log's save is 50 of them,
+# twice: hashed, then written).
+_ROW_JSON = ('{"user": %s, "start_s": %s, "uptime_ms": %d, "max_angle_mdeg": %d, '
+             '"inverted_ms": %d, "end": "%s", "fault": %s, "daily_ms": %s}')
+
+
+def _row_json(row):
+    user, start_s, uptime_ms, max_angle_mdeg, inverted_ms, end, fault, daily_ms = row
+    return _ROW_JSON % (
+        json.dumps(user), "null" if start_s is None else start_s, uptime_ms, max_angle_mdeg,
+        inverted_ms, end, "null" if fault is None else json.dumps(fault),
+        "null" if daily_ms is None else daily_ms)
 
 
 def _as_dict(row):

@@ -20,6 +20,7 @@ the caller keeps it untouched and refuses what it cannot do without it.
 
 import hashlib
 import json
+import sys
 from binascii import hexlify
 
 FORMAT_VERSION = 1
@@ -75,26 +76,50 @@ def save(fs, name, obj):
 
 
 def save_chunks(fs, name, chunks):
-    """``save`` for data too large to encode at once: ``chunks()`` returns a
-    fresh iterable of strings whose concatenation is the data's JSON. It is
-    called twice (once to hash, once to write), so at no moment is more than
-    one chunk encoded in RAM; what ``load`` reads back is the same as if the
-    whole object had been ``save``d."""
-    head = b'{"v": ' + str(FORMAT_VERSION).encode() + b', "data": '
-    h = hashlib.sha256(head)
-    for chunk in chunks():
-        h.update(chunk.encode())
-    h.update(b"}")
+    """``save`` for data too large to encode at once: ``chunks`` is an
+    iterable of strings whose concatenation is the data's JSON, written to
+    flash as they come and hashed on the way, so at no moment is more than one
+    chunk in RAM. The checksum line is written as zeros first and filled in
+    once the body is written: a power cut before that leaves a ``.new`` file
+    that does not check (ignored, as any torn save). What ``load`` reads back
+    is the same as if the whole object had been ``save``d."""
+    head = '{"v": ' + str(FORMAT_VERSION) + ', "data": '
+    h = hashlib.sha256()
 
     def parts():
-        yield hexlify(h.digest()) + b"\n" + head
-        for chunk in chunks():
-            yield chunk.encode()
-        yield b"}"
+        yield _NO_DIGEST
+        for chunk in _with_envelope(head, chunks):
+            chunk = _buffer(chunk)
+            h.update(chunk)
+            yield chunk
 
     tmp = name + TMP_SUFFIX
     fs.write_bytes(tmp, parts())
+    fs.patch_bytes(tmp, 0, hexlify(h.digest()))
     fs.rename(tmp, name)
+
+
+_NO_DIGEST = b"0" * _DIGEST_HEX_LEN + b"\n"
+
+
+def _with_envelope(head, chunks):
+    yield head
+    yield from chunks
+    yield "}"
+
+
+# A str as a buffer of its UTF-8 bytes: MicroPython hands a str itself to
+# anything that reads a buffer (hashlib, a file), with no copy; CPython needs
+# the bytes.
+if sys.implementation.name == "micropython":
+
+    def _buffer(text):
+        return text
+
+else:
+
+    def _buffer(text):
+        return text.encode()
 
 
 def load_versioned(fs, name, schema):

@@ -53,6 +53,14 @@ class DirFlash:
         if tear_at is not None:
             raise PowerLoss("power lost while writing " + name)
 
+    def patch_bytes(self, name, offset, data):
+        with open(self._file(name), "r+b") as f:
+            f.seek(offset)
+            f.write(bytes(data))
+            f.flush()
+            os.fsync(f.fileno())
+        self.writes += 1
+
     def rename(self, old, new):
         os.replace(self._file(old), self._file(new))
 

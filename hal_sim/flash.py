@@ -10,10 +10,12 @@ _ENOSPC = 28
 
 
 def as_bytes(data):
-    """The bytes ``write_bytes`` is given: bytes, or an iterable of chunks."""
+    """The bytes ``write_bytes`` is given: bytes, or an iterable of chunks
+    (bytes, or under MicroPython a str, written as its UTF-8 bytes as the
+    board's files do)."""
     if isinstance(data, (bytes, bytearray, memoryview)):
         return bytes(data)
-    return b"".join(data)
+    return b"".join(c.encode() if isinstance(c, str) else bytes(c) for c in data)
 
 
 class PowerLoss(BaseException):
@@ -61,6 +63,21 @@ class SimFlash:
             self.last_tear_len = at
             raise PowerLoss("power lost after " + str(at) + " of " + str(len(data)) + " bytes")
         self._files[name] = data
+        self.writes += 1
+
+    def patch_bytes(self, name, offset, data):
+        old = self._files.get(name)
+        if old is None or offset + len(data) > len(old):
+            raise OSError(_ENOENT if old is None else 22)
+        data = bytes(data)
+        at = self._tear_at
+        if at is not None:  # a torn patch: only its first bytes reach the flash
+            self._tear_at = None
+            at = self._random_below(len(data) + 1) if at < 0 else min(at, len(data))
+            self._files[name] = old[:offset] + data[:at] + old[offset + at :]
+            self.last_tear_len = at
+            raise PowerLoss("power lost after " + str(at) + " of " + str(len(data)) + " bytes")
+        self._files[name] = old[:offset] + data + old[offset + len(data) :]
         self.writes += 1
 
     def rename(self, old, new):

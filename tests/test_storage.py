@@ -248,15 +248,29 @@ def _chunks_of(value):
 @given(old=_json_values, new=_json_values, cut=st.integers(0, 10_000))
 def test_a_chunked_save_reads_back_as_a_whole_save_and_a_torn_one_as_the_old(old, new, cut):
     fs = SimFlash()
-    storage.save_chunks(fs, "f", _chunks_of(old))
+    storage.save_chunks(fs, "f", _chunks_of(old)())
     assert storage.load(_reboot(fs), "f") == (old, "ok")
     whole = SimFlash()
     storage.save(whole, "f", old)
     assert storage.load(whole, "f") == storage.load(fs, "f")
     fs.tear_next_write(cut)
     with pytest.raises(PowerLoss):
-        storage.save_chunks(fs, "f", _chunks_of(new))
+        storage.save_chunks(fs, "f", _chunks_of(new)())
     assert storage.load(_reboot(fs), "f") == (old, "ok")
+
+
+@pytest.mark.parametrize("cut", [0, 1, 32, 63, 64])
+def test_a_power_cut_while_the_checksum_is_filled_in_keeps_the_old_file(cut):
+    class CutAtPatch(SimFlash):
+        def write_bytes(self, name, data):
+            super().write_bytes(name, data)
+            self.tear_next_write(cut)  # the body is on flash: cut the patch
+
+    fs = CutAtPatch()
+    storage.save(fs, "f", OLD)
+    with pytest.raises(PowerLoss):
+        storage.save_chunks(fs, "f", _chunks_of(NEW)())
+    assert storage.load(_reboot(fs), "f") == (OLD, "ok")
 
 
 def test_a_chunked_save_reaches_the_flash_one_chunk_at_a_time():
@@ -271,7 +285,7 @@ def test_a_chunked_save_reaches_the_flash_one_chunk_at_a_time():
 
     fs = ChunkFs()
     items = list(range(100))
-    storage.save_chunks(fs, "f", _chunks_of(items))
+    storage.save_chunks(fs, "f", _chunks_of(items)())
     assert storage.load(fs, "f") == (items, "ok")
     assert max(written[0]) < 100  # the largest piece: the checksum line and envelope
 
@@ -318,6 +332,25 @@ def test_log_entries_slices_and_the_saved_file_is_the_whole_log():
     assert status == "ok" and data["schema"] == sessionlog.SCHEMA
     assert data["entries"] == log.entries()
     assert data["entries"][0] == dict(_entry(0, fault="stall"), daily_ms=None)
+
+
+@settings(max_examples=300, deadline=None)
+@given(user=st.text(min_size=1, max_size=32), start_s=st.none() | st.integers(0, 2**40),
+       uptime_ms=st.integers(0, 2**45), max_angle_mdeg=st.integers(-(2**31), 2**31),
+       inverted_ms=st.integers(0, 2**40), end=st.sampled_from(sessionlog.ENDS),
+       fault=st.none() | st.text(max_size=32), daily_ms=st.none() | st.integers(0, 2**40))
+def test_an_entry_is_saved_as_json_dumps_would_write_it(user, start_s, uptime_ms,
+                                                        max_angle_mdeg, inverted_ms, end,
+                                                        fault, daily_ms):
+    entry = {"user": user, "start_s": start_s, "uptime_ms": uptime_ms,
+             "max_angle_mdeg": max_angle_mdeg, "inverted_ms": inverted_ms, "end": end,
+             "fault": fault, "daily_ms": daily_ms}
+    fs = SimFlash()
+    sessionlog.SessionLog(fs).append(entry)
+    body = fs.read_bytes(sessionlog.LOG_FILE).split(b"\n", 1)[1]
+    assert body == json.dumps({"v": 1, "data": {"schema": sessionlog.SCHEMA,
+                                                "entries": [entry]}}).encode()
+    assert sessionlog.SessionLog(_reboot(fs)).entries() == [entry]
 
 
 def test_log_accepts_each_end_and_null_start():
