@@ -131,6 +131,20 @@ REQUEST_BYTES_BOUND = {
 }
 REQUEST_REPEAT = 3
 
+def _no_collections(app):
+    """The App's memory guard collects every 5 s at home (firmware/memory_guard.py):
+    here it is told the heap has room instead, so that no collection frees memory
+    inside a measured delta. The guard itself (a collection, a small int) allocates
+    nothing: tests/test_heap_lock_unix.py runs HOME ticks with it, heap locked."""
+    from invtable.firmware.memory_guard import MemoryGuard
+
+    app.memory = MemoryGuard(mem_free=_room)
+
+
+def _room():
+    return 1 << 20
+
+
 # Fields of a recorded tick.
 _NOW, _RAW, _IMU_OK, _GO, _STOP, _HOME, _OVERLOAD, _BEFORE, _AFTER, _ELAPSED = range(10)
 
@@ -159,6 +173,7 @@ def _session(board, program, limits, seed, on_tick=None, before_tick=None):
 
     sim = Scenario(board, program, limits, seed)
     app = sim.app
+    _no_collections(app)
     go_done = False
     settled = 0
     n = 0
@@ -393,6 +408,7 @@ def request_bytes(board, repeat=REQUEST_REPEAT):
     program, limits = CASES["standard"]
     sim = Scenario(board, program, limits, SEED)
     app = sim.app
+    _no_collections(app)
     imu = SampledImu(sim.table.imu)
     sim.imu.imu = imu
     link = sim.table.link = app.hal.link = FixedLink()

@@ -14,6 +14,7 @@ from .compat import const, release_module, ticks_diff
 from .controller import END_COMPLETED, F_CRASH, F_SETUP_LEFT, HOME, Controller, Inputs
 from .exposure import EXPOSURE_FILE, DailyExposure, day_number
 from .last_resort import LastResort
+from .memory_guard import MemoryGuard
 from .program import DEFAULT_MAX_DAILY_INVERTED_MS
 from .sessionlog import LOG_FILE, SessionLog
 from .settings import DEFAULTS_CORRUPT, NEWER_VERSION, SETTINGS_FILE, Settings
@@ -31,6 +32,7 @@ _MAX_CRASHES = const(3)
 _UPTIME_S_MAX = const((1 << 30) - 1)
 
 _fallback_state = [0]
+GO_REFUSED_LOW_MEMORY = "go_refused_low_memory"
 
 # This package's name: "firmware" on the board, "invtable.firmware" on a PC.
 _PACKAGE = __name__[: __name__.rfind(".")]
@@ -125,6 +127,7 @@ class App:
         self.log = SessionLog(hal.fs)
         # Each user's inverted time today (exposure.py), for the daily cap.
         self.exposure = DailyExposure(hal.fs)
+        self.memory = MemoryGuard()
         self.daily_cap_ms = board.get("max_daily_inverted_ms", DEFAULT_MAX_DAILY_INVERTED_MS)
         try:
             if self.exposure.load() == storage.CORRUPT:
@@ -186,6 +189,8 @@ class App:
             # What main.py found at boot and ran on anyway (imu_not_found).
             "boot_errors": [code for code, _ in getattr(self.hal, "boot_errors", ())],
             "newer_files": list(self.newer_files),
+            # The free heap measured at home (None: not measured, e.g. CPython).
+            "heap_free_bytes": self.memory.free_bytes,
         }
 
     def state_name(self):
@@ -472,6 +477,7 @@ class App:
             hal.wdt.feed()
             return
         ctl = self.ctl
+        self._guard_memory(ctl, now_ms)
         drive = ctl.step(now_ms, inp)
         if ctl.power:
             hal.actuator.drive(drive)
@@ -485,6 +491,15 @@ class App:
         if self.protocol is not None:
             self.protocol.poll(now_ms)  # bounded work; never raises
         hal.wdt.feed()  # only a loop that got this far is healthy
+
+    def _guard_memory(self, ctl, now_ms):
+        """GO is refused while the heap measured at home is too low to run a
+        session to its end (firmware/memory_guard.py)."""
+        low = self.memory.update(now_ms, ctl.state == HOME and ctl.session is None)
+        if low and ctl.start_blocked is None:
+            ctl.start_blocked = GO_REFUSED_LOW_MEMORY
+        elif not low and ctl.start_blocked == GO_REFUSED_LOW_MEMORY:
+            ctl.start_blocked = None
 
     def _crashed(self, error):
         if self.crashes < _UPTIME_S_MAX:  # (a last resort that keeps failing: 50 a second)

@@ -90,6 +90,11 @@ CODES = {
         "GO refused, this user's time inverted for today is used up",
         "it comes back tomorrow by the board's clock (`invtable clock set` sets it), or "
         "24 h of powered-on time later if the clock was not set since the board started"),
+    "go_refused_low_memory": (
+        "GO refused, the board's free memory measured at home is below what a session "
+        "needs to run to its end (status `heap free`)",
+        "restart the board (power off and on, table at home); if it comes back, report it "
+        "with `invtable status --json`"),
     "go_refused_newer_data": (
         "GO refused, a file on the board (status `newer files`) was written by a newer "
         "firmware and is kept untouched",
