@@ -4,7 +4,8 @@ Real processes: `invtable sim board --state-dir` (the WebAssembly MicroPython
 behind a pty, its flash kept in a folder), `invtable deploy` with real
 mpremote. Each run starts from a copy of one prepared flash, deploys a firmware
 that `info` tells apart (another FIRMWARE_VERSION, ``--firmware-dir``), and
-SIGKILLs the deploy's whole process group (mpremote with it) at one moment
+SIGKILLs the deploy and every process under it (its mpremote runs in a
+session of its own, out of reach of the deploy's process group) at one moment
 of its run; then the board process is restarted on the same flash. Checked
 each time:
 
@@ -26,6 +27,7 @@ at a time.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import queue
@@ -181,11 +183,47 @@ class Runs:
             seen.append((time.monotonic() - started, line.rstrip("\n")))
             if kill_at is not None and len(seen) - 1 == kill_at[0] and not killed:
                 time.sleep(kill_at[1])
-                os.killpg(proc.pid, signal.SIGKILL)
+                kill_tree(proc.pid)
                 killed = True
         status = proc.wait(DEPLOY_TIMEOUT_S)
         proc.stderr.close()
         return (None if killed else status), seen
+
+
+def _children() -> dict[int, list[int]]:
+    """Parent pid -> child pids, from /proc."""
+    tree: dict[int, list[int]] = {}
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit():
+            continue
+        try:
+            with open(f"/proc/{entry}/stat") as f:
+                stat = f.read()
+        except OSError:
+            continue  # gone meanwhile
+        ppid = int(stat[stat.rindex(")") + 2 :].split()[1])
+        tree.setdefault(ppid, []).append(int(entry))
+    return tree
+
+
+def kill_tree(pid: int) -> None:
+    """SIGKILL ``pid`` and all its descendants. deploy starts mpremote in a
+    session of its own (a terminal's Ctrl-C must reach deploy first), so
+    killing deploy's process group would leave mpremote running: an orphan
+    that goes on talking to a pty number another run's board may get next.
+    Each process is stopped first, so that none starts another unseen."""
+    doomed: list[int] = []
+    found = [pid]
+    while found:
+        for p in found:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(p, signal.SIGSTOP)
+        doomed += found
+        tree = _children()
+        found = [c for p in doomed for c in tree.get(p, []) if c not in doomed]
+    for p in doomed:
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(p, signal.SIGKILL)
 
 
 def wait_home(client, timeout_s=30.0) -> dict:
