@@ -2,13 +2,13 @@
 
 Run from the repo root::
 
-    .venv/bin/python -m bench.boot_heap [--format py|mpy|mpy-O3|both] [--json]
+    .venv/bin/python -m bench.boot_heap [--format py|mpy|mpy-O0|both] [--json]
 
 What it measures, per firmware format (``mpy``: every firmware/*.py except
 main.py and boot.py compiled by mpy-cross as ``host/deploy.py`` compiles them
 for the virtual board, which is what the board runs; ``py``: the same files
-as source, compiled by the board at import; ``mpy-O3``: compiled with -O3,
-which leaves out the line-number tables, a what-if):
+as source, compiled by the board at import; ``mpy-O0``: compiled without
+deploy's -O3, i.e. with the line-number tables, a what-if):
 
 1. ``boot``: the virtual board's boot (``bench/boot_heap_board.py``): the
    flash laid out as deploy lays it out (``/main.py``, the boot loader, and
@@ -85,9 +85,11 @@ def firmware_sources():
 
 
 def compile_mpy(src: Path, dest: Path, arch: str | None = None, opt: int | None = None) -> None:
-    """As host/deploy.py's compile_files: ``-s firmware/NAME``; no -march for
+    """As host/deploy.py's compile_mpy: ``-s firmware/NAME``; no -march for
     the virtual board (plain bytecode), ``xtensawin`` for an ESP32. ``opt``:
-    mpy-cross -O level (deploy uses none; 3 drops the line-number tables)."""
+    mpy-cross -O level (None: deploy's, ``MPY_OPT_LEVEL``; 0: none)."""
+    if opt is None:
+        from invtable.host.deploy import MPY_OPT_LEVEL as opt
     cmd = [mpy_cross_exe(), "-o", str(dest), "-s", f"firmware/{src.name}"]
     if arch:
         cmd.append(f"-march={arch}")
@@ -120,8 +122,8 @@ def lay_out_flash(root: Path, fmt: str) -> None:
     for src in firmware_sources():
         if fmt == "mpy":
             compile_mpy(src, slot / "firmware" / (src.stem + ".mpy"))
-        elif fmt == "mpy-O3":
-            compile_mpy(src, slot / "firmware" / (src.stem + ".mpy"), opt=3)
+        elif fmt == "mpy-O0":
+            compile_mpy(src, slot / "firmware" / (src.stem + ".mpy"), opt=0)
         else:
             shutil.copyfile(src, slot / "firmware" / src.name)
     slots.finish_flash(root, "a", BOARD_NAME, slots.firmware_version(FIRMWARE), FIRMWARE)
@@ -321,7 +323,7 @@ def main(argv=None):
     import argparse
 
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--format", choices=("py", "mpy", "mpy-O3", "both"), default="both")
+    parser.add_argument("--format", choices=("py", "mpy", "mpy-O0", "both"), default="both")
     parser.add_argument("--json", action="store_true", help="print the JSON too")
     parser.add_argument("--firmware", type=Path, default=None,
                         help="measure this firmware folder instead of firmware/ (e.g. an "
