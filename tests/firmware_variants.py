@@ -13,8 +13,9 @@ from invtable.host.deploy_slots import LOADER
 
 def firmware_copy(dest: Path, version: str, every_file: bool = False) -> Path:
     """firmware/ copied to ``dest`` with FIRMWARE_VERSION = ``version`` (what
-    `info` reports); ``every_file``: a comment line first in every module
-    too, so that every .mpy differs (its line numbers moved): a full copy."""
+    `info` reports); ``every_file``: a statement added to every module too,
+    so that every .mpy differs (deploy compiles with -O3: no line numbers in
+    the bytecode, so a comment alone would change nothing): a full copy."""
     shutil.copytree(FIRMWARE_DIR, dest, ignore=shutil.ignore_patterns("__pycache__"))
     protocol = dest / "protocol.py"
     text, n = re.subn(r'^FIRMWARE_VERSION = "[^"]*"', f'FIRMWARE_VERSION = "{version}"',
@@ -24,7 +25,7 @@ def firmware_copy(dest: Path, version: str, every_file: bool = False) -> Path:
     if every_file:
         for path in dest.glob("*.py"):
             if "/" + path.name not in LOADER:  # the loader stays as it is
-                path.write_text(f"# build {version}\n" + path.read_text())
+                path.write_text(path.read_text() + f"\n_TEST_BUILD = {version!r}\n")
     return dest
 
 
