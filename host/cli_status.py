@@ -114,8 +114,9 @@ def status(opts):
         rows.append(("check-in", "[bold reverse yellow] tap GO now [/]"))
     if data.get("heap_free_bytes") is not None:
         free_kb = data["heap_free_bytes"] / 1024
-        rows.append(("heap free", f"{free_kb:.1f} KB" if data.get("warning") != "go_refused_low_memory"
-                     else f"[red]{free_kb:.1f} KB: too little to start a session[/]"))
+        low = data.get("warning") == "go_refused_low_memory"
+        rows.append(("heap free", f"[red]{free_kb:.1f} KB: too little to start a session[/]"
+                     if low else f"{free_kb:.1f} KB"))
     if data.get("warning"):
         rows.append(("notice", f"[yellow]{escape(str(data['warning']))}[/]"))
     last_end = data.get("last_end")
