@@ -29,7 +29,7 @@ import fs from "node:fs";
 import path from "node:path";
 import { pathToFileURL } from "node:url";
 
-import { copyTree, lineWriter } from "../host/mpy_fs.mjs";
+import { copyTree, exitWhenDrained, lineWriter } from "../host/mpy_fs.mjs";
 
 function die(message) {
   process.stderr.write(`mpy_bench_runner: ${message}\n`);
@@ -99,14 +99,7 @@ async function main() {
     report(e, out, err);
     status = e && e.name === "PythonError" ? 1 : 2;
   }
-  out.flush();
-  err.flush();
-  let pending = 2;
-  const done = () => {
-    if (--pending === 0) process.exit(status);
-  };
-  process.stdout.write("", done);
-  process.stderr.write("", done);
+  exitWhenDrained(status, out, err);
 }
 
 main();

@@ -845,10 +845,9 @@ class Protocol:
         _check_range("start", start, 0, ID_MAX)
         _check_range("count", count, 1, LOG_READ_MAX)
         log = self.app.log
-        entries = log.entries()
         return {
-            "entries": entries[start : start + count],
-            "total": len(entries),
+            "entries": log.entries(start, count),  # only these become dicts
+            "total": len(log),
             "status": log.status,
         }
 

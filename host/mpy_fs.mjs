@@ -71,6 +71,19 @@ export function lineWriter(stream) {
   return { put, flush };
 }
 
+// Flush both writers and exit with `status` once stdout and stderr have
+// drained, even if the interpreter left timers behind (asyncio tasks).
+export function exitWhenDrained(status, out, err) {
+  out.flush();
+  err.flush();
+  let pending = 2;
+  const done = () => {
+    if (--pending === 0) process.exit(status);
+  };
+  process.stdout.write("", done);
+  process.stderr.write("", done);
+}
+
 // --- the virtual board's flash kept in a host folder (`sim board --state-dir`) ---
 //
 // The flash is everything under "/" in the interpreter's filesystem except

@@ -28,7 +28,7 @@ import fs from "node:fs";
 import path from "node:path";
 import { fileURLToPath, pathToFileURL } from "node:url";
 
-import { copyTree, lineWriter } from "./mpy_fs.mjs";
+import { copyTree, exitWhenDrained, lineWriter } from "./mpy_fs.mjs";
 
 const PACKAGE = "@micropython/micropython-webassembly-pyscript";
 const DEFAULT_HEAP = 8 * 1024 * 1024;
@@ -171,16 +171,7 @@ async function main() {
       status = 2;
     }
   }
-  out.flush();
-  err.flush();
-  // Exit once the pipes have drained, even if asyncio tasks left timers behind
-  // (CPython's asyncio.run would cancel them too).
-  let pending = 2;
-  const done = () => {
-    if (--pending === 0) process.exit(status);
-  };
-  process.stdout.write("", done);
-  process.stderr.write("", done);
+  exitWhenDrained(status, out, err);
 }
 
 main();
